@@ -1,0 +1,248 @@
+"""The component contracts every plugin implements.
+
+Each component class carries a pydantic ``Options`` model; its fields are the component's
+configuration (``--prior-opt sigma=0.5``), validated before training starts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+if TYPE_CHECKING:
+    from harness.trainer import Run
+
+
+class Options(BaseModel):
+    """Base of every component's options: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Component:
+    """Mixin giving a component its ``Options`` model and a validated ``options`` attribute."""
+
+    Options: ClassVar[type[Options]] = Options
+
+
+# ----------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class ModeSpec:
+    """Known mixture modes of a synthetic dataset: centres and per-coordinate std."""
+
+    centers: torch.Tensor
+    std: float
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a backbone and the metrics need to know about a dataset."""
+
+    shape: tuple[int, ...]
+    num_classes: int | None = None
+    """Number of true classes / modes, when known."""
+    has_labels: bool = False
+    modes: ModeSpec | None = None
+
+
+class Dataset(Component, torch.utils.data.Dataset):
+    """An in-memory dataset: ``x`` (N, *shape) float tensor, ``y`` (N,) long tensor or None."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    spec: DataSpec
+
+    def __init__(self, options: Options, seed: int) -> None:
+        self.options = options
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.x[index], -1 if self.y is None else int(self.y[index])
+
+
+# ----------------------------------------------------------------------------- priors
+class Prior(Component, nn.Module):
+    """Latent prior p(z|y). May own parameters; they are trained with G."""
+
+    def __init__(self, options: Options, z_dim: int, num_classes: int) -> None:
+        nn.Module.__init__(self)
+        self.options = options
+        self.z_dim = z_dim
+        self.num_classes = num_classes
+
+    @abstractmethod
+    def sample(
+        self, n: int, labels: torch.Tensor | None = None, scale: float = 1.0
+    ) -> torch.Tensor:
+        """Draw ``n`` latents (n, z_dim); ``scale`` < 1 shrinks the spread (truncation-like)."""
+
+
+# ----------------------------------------------------------------------------- backbones
+class Generator(nn.Module):
+    """G(z, y) -> x. ``y`` is a (n,) long tensor of class ids in [0, num_classes)."""
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Discriminator(nn.Module):
+    """D(x) -> (logits (n, num_classes), features D_f (n, feature_dim))."""
+
+    feature_dim: int
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Backbone(Component, ABC):
+    """Builds a generator and a multi-output discriminator for a dataset."""
+
+    default_z_dim: ClassVar[int] = 128
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @abstractmethod
+    def build(
+        self, spec: DataSpec, num_classes: int, z_dim: int
+    ) -> tuple[Generator, Discriminator]:
+        """Return fresh (G, D) for data of ``spec.shape`` and ``num_classes`` classes."""
+
+
+# ----------------------------------------------------------------------------- losses
+class Loss(Component, ABC):
+    """An adversarial loss on the logits of the sample's own class."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @abstractmethod
+    def discriminator(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """D's loss from real and fake logits (each (n,))."""
+
+    @abstractmethod
+    def generator(self, fake: torch.Tensor) -> torch.Tensor:
+        """G's loss from fake logits (n,)."""
+
+
+# ----------------------------------------------------------------------------- conditioners
+@dataclass
+class Models:
+    """What a conditioner or metric may look at: the networks, prior and data of a run."""
+
+    generator: Generator
+    discriminator: Discriminator
+    prior: Prior
+    dataset: Dataset
+    device: torch.device
+    batch_size: int = 1000
+
+    @torch.no_grad()
+    def features(self, index: torch.Tensor) -> torch.Tensor:
+        """D_f of the real examples at ``index`` (D in eval mode), in batches, on ``device``."""
+        was_training = self.discriminator.training
+        self.discriminator.eval()
+        try:
+            return torch.cat(
+                [
+                    self.discriminator(self.dataset.x[chunk].to(self.device))[1]
+                    for chunk in index.split(self.batch_size)
+                ]
+            )
+        finally:
+            self.discriminator.train(was_training)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a conditioner sees when it is built, before any network exists."""
+
+    dataset: Dataset
+    prior_name: str
+    prior_options: Options
+    seed: int
+
+
+class Conditioner(Component, ABC):
+    """Gives the labels y: for real batches, and P(c) for fake ones.
+
+    ``num_classes == 1`` is a plain GAN. When ``conditions_networks`` is False the labels
+    only drive the prior (e.g. GM-GAN's component index) and G, D are unconditional.
+    """
+
+    conditions_networks: ClassVar[bool] = True
+
+    def __init__(self, options: Options, context: BuildContext) -> None:
+        self.options = options
+        self.context = context
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Number of labels this source produces."""
+
+    def setup(self, models: Models) -> None:  # noqa: B027 - optional hook
+        """Initial fit before the first step (e.g. the first clustering)."""
+
+    @abstractmethod
+    def assign(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Labels of the real examples at ``index`` with D features ``features``; pure."""
+
+    def labels_for_real(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Labels for a real training batch; may also update state (online methods)."""
+        return self.assign(index, features)
+
+    @abstractmethod
+    def class_weights(self) -> torch.Tensor:
+        """P(c) for sampling fake labels, shape (num_classes,), on the CPU."""
+
+    def sample_labels(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Draw ``n`` fake labels from P(c)."""
+        weights = self.class_weights()
+        if len(weights) == 1:
+            return torch.zeros(n, dtype=torch.long)
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+    def update(self, step: int, models: Models) -> float | None:
+        """Refit when the schedule says so; return the fraction of changed labels, else None."""
+        return None
+
+    def partition(self, models: Models, index: torch.Tensor) -> torch.Tensor:
+        """This source's partition of real examples, for scoring against true labels."""
+        return self.assign(index, models.features(index))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+# ----------------------------------------------------------------------------- metrics
+Sampler = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+"""``sample(n) -> (x, y)``: n generated samples (on the CPU) and their labels."""
+
+
+class Metric(Component, ABC):
+    """Computes named numbers about a trained run; names say the protocol."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def supports(cls, spec: DataSpec) -> bool:
+        """Whether the metric applies to data with this spec (default: always)."""
+        return True
+
+    @abstractmethod
+    def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
+        """Return ``{metric_name: value}``."""

@@ -1,0 +1,119 @@
+"""k-means in torch (k-means++ seeding, batched Lloyd) and Hungarian label matching.
+
+Vectorised so it runs on the device that holds the features; scikit-learn is the
+reference it is benchmarked against (benchmarks/bench_kmeans.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+@dataclass
+class KMeansResult:
+    centers: torch.Tensor
+    labels: torch.Tensor
+    inertia: float
+    iterations: int
+
+
+def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """(n, k) squared Euclidean distances, clamped at zero."""
+    d = (x * x).sum(1, keepdim=True) - 2 * x @ centers.T + (centers * centers).sum(1)
+    return d.clamp_min_(0)
+
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Greedy k-means++ seeding (2 + log k local trials per centre, as scikit-learn)."""
+    n = len(x)
+    trials = 2 + int(math.log(k))
+    first = torch.randint(n, (1,), generator=generator, device="cpu").item()
+    centers = [x[first]]
+    closest = squared_distances(x, x[first : first + 1]).squeeze(1)
+    for _ in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than k: pick any
+            pick = torch.randint(n, (trials,), generator=generator)
+        else:
+            probs = (closest / total).cpu().double()
+            pick = torch.multinomial(probs, trials, replacement=True, generator=generator)
+        candidates = x[pick.to(x.device)]
+        new_closest = torch.minimum(closest.unsqueeze(0), squared_distances(candidates, x))
+        best = int(new_closest.sum(1).argmin())
+        centers.append(candidates[best])
+        closest = new_closest[best]
+    return torch.stack(centers)
+
+
+def lloyd(
+    x: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: float = 1e-4
+) -> KMeansResult:
+    """Lloyd iterations from ``centers``; an empty cluster takes the worst-fit point."""
+    centers = centers.clone()
+    k = len(centers)
+    tol_abs = tol * float(x.var(0).mean()) if len(x) > 1 else 0.0
+    for iteration in range(1, max_iter + 1):
+        dist = squared_distances(x, centers)
+        closest, labels = dist.min(1)
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centers).index_add_(0, labels, x)
+        new_centers = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        empty = (counts == 0).nonzero().squeeze(1)
+        if len(empty):
+            far = closest.topk(min(len(empty), len(x))).indices
+            new_centers[empty[: len(far)]] = x[far]
+        shift = ((new_centers - centers) ** 2).sum()
+        centers = new_centers
+        if shift <= tol_abs and not len(empty):
+            break
+    closest, labels = squared_distances(x, centers).min(1)
+    return KMeansResult(centers, labels, float(closest.sum()), iteration)
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    n_init: int = 10,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+    max_iter: int = 300,
+) -> KMeansResult:
+    """Best of ``n_init`` k-means++ runs, or one run from ``init`` centres when given."""
+    if init is not None:
+        return lloyd(x, init, max_iter)
+    generator = torch.Generator().manual_seed(seed)
+    best: KMeansResult | None = None
+    for _ in range(n_init):
+        result = lloyd(x, kmeans_plus_plus(x, k, generator), max_iter)
+        if best is None or result.inertia < best.inertia:
+            best = result
+    assert best is not None
+    return best
+
+
+def cluster_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster means of ``x`` (rows of empty clusters are zero) and counts."""
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+    return sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), counts
+
+
+def matching_permutation(old: torch.Tensor, new: torch.Tensor, k: int) -> np.ndarray:
+    """Permutation ``perm`` with ``perm[new_id] = old_id`` minimising changed memberships.
+
+    Liu et al. Eq. 4: the cost of mapping new cluster c to old c' is |old_c' minus new_c|;
+    solved with scipy's Hungarian ``linear_sum_assignment``.
+    """
+    overlap = np.zeros((k, k), dtype=np.int64)
+    np.add.at(overlap, (new.cpu().numpy(), old.cpu().numpy()), 1)
+    old_sizes = overlap.sum(0)
+    cost = old_sizes[None, :] - overlap
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty(k, dtype=np.int64)
+    perm[rows] = cols
+    return perm

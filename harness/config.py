@@ -1,0 +1,122 @@
+"""Run configuration: a pydantic model, loaded from TOML and CLI flags, validated up front."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import ConfigError
+
+COMPONENT_FIELDS = {
+    "prior": "priors",
+    "cond": "conditioners",
+    "backbone": "backbones",
+    "dataset": "datasets",
+    "loss": "losses",
+}
+"""Config field -> plugin family of the component it names."""
+
+NON_SCIENTIFIC = {"out", "device", "log_every", "checkpoint_every", "progress"}
+"""Fields that do not change a run's results: left out of its identity hash and grouping."""
+
+
+class RunConfig(BaseModel):
+    """Everything that defines one run. Component options are validated by their plugins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prior: str = "gaussian"
+    cond: str = "kmeans_d"
+    backbone: str = "mlp"
+    dataset: str = "ring"
+    loss: str = "bce"
+    metrics: list[str] | None = Field(
+        default=None, description="metric plugins to run; default: all that support the dataset"
+    )
+    prior_options: dict[str, Any] = {}
+    cond_options: dict[str, Any] = {}
+    backbone_options: dict[str, Any] = {}
+    dataset_options: dict[str, Any] = {}
+    loss_options: dict[str, Any] = {}
+    metric_options: dict[str, dict[str, Any]] = {}
+
+    seed: int = Field(default=0, ge=0)
+    steps: int = Field(default=2000, ge=1, description="training iterations (G updates)")
+    batch_size: int = Field(default=100, ge=1)
+    d_steps: int = Field(default=1, ge=1, description="D updates per G update")
+    z_dim: int | None = Field(default=None, ge=1, description="default: the backbone's")
+    lr_g: float = Field(default=1e-4, gt=0)
+    lr_d: float = Field(default=1e-4, gt=0)
+    betas: tuple[float, float] = (0.8, 0.999)
+    eval_samples: int = Field(default=50_000, ge=1)
+
+    out: Path = Path("results")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    log_every: int = Field(default=100, ge=1)
+    checkpoint_every: int = Field(default=1000, ge=1)
+    progress: bool = True
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {v}")
+        return v
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the results (all but output/logging settings)."""
+        return self.model_dump(mode="json", exclude=NON_SCIENTIFIC)
+
+    def short_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into a dict; errors name the file."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from None
+
+
+def parse_assignments(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict; values are read as JSON when they parse, else kept as text."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+def describe_validation_error(exc: ValidationError, what: str, fields: list[str]) -> str:
+    """One line naming the bad value and the valid choices."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown option {loc!r} (valid: {', '.join(fields) or 'none'})")
+        else:
+            parts.append(f"{loc}={err.get('input')!r}: {err['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def make_config(values: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(
+            describe_validation_error(exc, "run config", list(RunConfig.model_fields))
+        ) from None

@@ -1,0 +1,13 @@
+"""Errors the command line reports as one line, without a traceback."""
+
+
+class HarnessError(Exception):
+    """A user-facing error: bad input, a missing plugin, an impossible composition."""
+
+
+class PluginError(HarnessError):
+    """A plugin could not be loaded or registered."""
+
+
+class ConfigError(HarnessError):
+    """A run configuration or a component option is invalid."""

@@ -1,0 +1,108 @@
+"""Aggregate run directories into a pandas leaderboard: one row per composition."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness import results
+from harness.config import COMPONENT_FIELDS, NON_SCIENTIFIC
+from harness.errors import HarnessError
+
+ALWAYS_SHOWN = ("dataset", "prior", "cond", "backbone")
+RUN_COLUMNS = ("run_id", "seed", "status")
+
+
+def discover(paths: Iterable[Path]) -> list[Path]:
+    """Run directories among ``paths``: each is a run dir or a folder of run dirs."""
+    found = []
+    for path in map(Path, paths):
+        if (path / results.RUN).exists():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.glob(f"*/{results.RUN}")))
+        else:
+            raise HarnessError(f"not a run directory or a folder of runs: {path}")
+    return found
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else value
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """One flat row: resolved config (component options as ``prior.sigma``), then metrics."""
+    saved = results.read_json(run_dir / results.CONFIG)
+    config, resolved = saved["config"], saved["resolved"]
+    row: dict[str, Any] = {"run_id": run_dir.name, "seed": config["seed"]}
+    for key, value in config.items():
+        if key in NON_SCIENTIFIC or key == "seed" or key.endswith("_options"):
+            continue
+        row[key] = _cell(value)
+    row["z_dim"] = resolved.get("z_dim", config.get("z_dim"))
+    for fld in COMPONENT_FIELDS:
+        for opt, value in resolved[fld]["options"].items():
+            row[f"{fld}.{opt}"] = _cell(value)
+    for metric, opts in resolved.get("metrics", {}).items():
+        for opt, value in opts.items():
+            row[f"{metric}.{opt}"] = _cell(value)
+    return row
+
+
+def load_runs(paths: Iterable[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """Finished runs as a frame, and the names of its metric columns."""
+    rows, metric_names = [], []
+    for run_dir in discover(paths):
+        if not results.is_finished(run_dir):
+            continue
+        row = run_row(run_dir)
+        metrics = results.read_json(run_dir / results.METRICS)
+        for name, value in metrics.items():
+            if name not in metric_names:
+                metric_names.append(name)
+            row[name] = value
+        rows.append(row)
+    return pd.DataFrame(rows), metric_names
+
+
+def aggregate(
+    frame: pd.DataFrame, metrics: list[str], group_by: list[str] | None = None
+) -> pd.DataFrame:
+    """Mean and std over seeds per composition; ``group_by`` defaults to every config column."""
+    if frame.empty:
+        return frame
+    keys = group_by or [c for c in frame.columns if c not in metrics and c not in RUN_COLUMNS]
+    missing = [k for k in keys if k not in frame.columns]
+    if missing:
+        valid = [c for c in frame.columns if c not in metrics]
+        raise HarnessError(f"unknown --group-by column(s) {missing} (valid: {', '.join(valid)})")
+    values = [m for m in metrics if pd.api.types.is_numeric_dtype(frame[m])]
+    grouped = frame.fillna({k: "" for k in keys}).groupby(keys, sort=True, dropna=False)
+    table = grouped[values].agg(["mean", "std"])
+    table.columns = [f"{m}_{stat}" for m, stat in table.columns]
+    table.insert(0, "n_seeds", grouped.size())
+    return table.reset_index()
+
+
+def render(table: pd.DataFrame, metrics: list[str]) -> str:
+    """A readable text table: varying keys, then ``mean ± std`` per metric."""
+    if table.empty:
+        return "(no finished runs)"
+    keys = [c for c in table.columns if c != "n_seeds" and not c.endswith(("_mean", "_std"))]
+    shown = [k for k in keys if k in ALWAYS_SHOWN or table[k].nunique(dropna=False) > 1]
+    view = table[shown].copy()
+    view["seeds"] = table["n_seeds"]
+    for metric in metrics:
+        if f"{metric}_mean" not in table or metric == "eval_samples":
+            continue
+        mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0.0)
+        view[metric] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, std)]
+    return view.to_string(index=False)
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    results.atomic_write_bytes(Path(path), table.to_csv(index=False).encode())

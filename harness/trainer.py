@@ -1,0 +1,358 @@
+"""Build a run from its config, train it, evaluate it, and keep its directory current."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from harness import results
+from harness.api import (
+    Backbone,
+    BuildContext,
+    Conditioner,
+    Dataset,
+    Discriminator,
+    Generator,
+    Loss,
+    Metric,
+    Models,
+    Options,
+    Prior,
+)
+from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
+from harness.errors import ConfigError
+from harness.manager import PluginManager
+
+EVAL_BATCH = 10_000
+
+
+def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> Options:
+    """The component's ``Options`` from ``values``; errors name the component and valid keys."""
+    try:
+        return cls.Options.model_validate(values)
+    except ValidationError as exc:
+        fields = list(cls.Options.model_fields)
+        raise ConfigError(describe_validation_error(exc, f"{kind} {name!r} option", fields)) from None
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (valid: cpu, auto)")
+    return torch.device(choice)
+
+
+@dataclass
+class Run:
+    """A fully built composition: components, networks, optimisers and its directory."""
+
+    config: RunConfig
+    pm: PluginManager
+    dataset: Dataset
+    prior: Prior
+    conditioner: Conditioner
+    backbone: Backbone
+    loss: Loss
+    metrics: dict[str, Metric]
+    generator: Generator
+    discriminator: Discriminator
+    device: torch.device
+    resolved: dict[str, Any]
+    directory: Path | None = None
+    step: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def models(self) -> Models:
+        return Models(self.generator, self.discriminator, self.prior, self.dataset, self.device)
+
+    def net_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels as the networks see them (all zeros when the conditioner only drives z)."""
+        return labels if self.conditioner.conditions_networks else torch.zeros_like(labels)
+
+
+def build_run(config: RunConfig, pm: PluginManager) -> Run:
+    """Resolve and validate every plugin and option, then build the components.
+
+    Raises ``HarnessError`` on any bad input, before anything is written to disk.
+    """
+    classes, options, resolved = {}, {}, {}
+    for fld, family in COMPONENT_FIELDS.items():
+        name = getattr(config, fld)
+        entry = pm.get(family, name)
+        classes[fld] = entry.load()
+        options[fld] = validate_options(fld, name, classes[fld], getattr(config, f"{fld}_options"))
+        resolved[fld] = {"name": name, "provider": entry.provider,
+                         "options": options[fld].model_dump(mode="json")}
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    dataset = classes["dataset"](options["dataset"], config.seed)
+    metrics = build_metrics(config, pm, dataset, resolved)
+    context = BuildContext(dataset, config.prior, options["prior"], config.seed)
+    conditioner = classes["cond"](options["cond"], context)
+    backbone = classes["backbone"](options["backbone"])
+    z_dim = config.z_dim or backbone.default_z_dim
+    prior = classes["prior"](options["prior"], z_dim, conditioner.num_classes)
+    net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
+    generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
+    resolved["z_dim"] = z_dim
+    return Run(
+        config=config, pm=pm, dataset=dataset, prior=prior.to(device), conditioner=conditioner,
+        backbone=backbone, loss=classes["loss"](options["loss"]), metrics=metrics,
+        generator=generator.to(device), discriminator=discriminator.to(device), device=device,
+        resolved=resolved,
+    )
+
+
+def build_metrics(
+    config: RunConfig, pm: PluginManager, dataset: Dataset, resolved: dict[str, Any]
+) -> dict[str, Metric]:
+    registry = pm.registry("metrics")
+    if config.metrics is None:
+        names = [n for n, e in registry.items() if e.load().supports(dataset.spec)]
+    else:
+        names = config.metrics
+    unknown_options = set(config.metric_options) - set(names)
+    if unknown_options:
+        raise ConfigError(
+            f"--metric-opt for metric(s) not in this run: {', '.join(sorted(unknown_options))} "
+            f"(metrics in this run: {', '.join(names)})"
+        )
+    metrics = {}
+    for name in names:
+        cls = pm.get("metrics", name).load()
+        if not cls.supports(dataset.spec):
+            supported = [n for n, e in registry.items() if e.load().supports(dataset.spec)]
+            raise ConfigError(
+                f"metric {name!r} does not apply to dataset {config.dataset!r} "
+                f"(valid: {', '.join(supported)})"
+            )
+        opts = validate_options("metric", name, cls, config.metric_options.get(name, {}))
+        metrics[name] = cls(opts)
+        resolved.setdefault("metrics", {})[name] = opts.model_dump(mode="json")
+    return metrics
+
+
+def own_logit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's logit for its own class (the masked multi-output D of Liu et al.)."""
+    return logits.gather(1, labels[:, None]).squeeze(1)
+
+
+class Trainer:
+    """The training loop: D step(s) then G step per iteration, as in the papers' code."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        cfg = run.config
+        self.opt_g = torch.optim.Adam(
+            [*run.generator.parameters(), *run.prior.parameters()], lr=cfg.lr_g, betas=cfg.betas
+        )
+        self.opt_d = torch.optim.Adam(run.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        self.data_rng = torch.Generator().manual_seed(cfg.seed + 4)
+        self.label_rng = torch.Generator().manual_seed(cfg.seed + 5)
+
+    # ------------------------------------------------------------------ steps
+    def fake_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` generated samples and their labels y ~ P(c), z ~ p(z|y)."""
+        run = self.run
+        labels = run.conditioner.sample_labels(n, self.label_rng).to(run.device)
+        z = run.prior.sample(n, labels)
+        return run.generator(z, run.net_labels(labels)), labels
+
+    def step(self) -> dict[str, torch.Tensor]:
+        run, cfg = self.run, self.run.config
+        data = run.dataset.x
+        for _ in range(cfg.d_steps):
+            index = torch.randint(len(data), (cfg.batch_size,), generator=self.data_rng)
+            real = data[index].to(run.device, non_blocking=True)
+            real_logits, features = run.discriminator(real)
+            real_labels = run.net_labels(
+                run.conditioner.labels_for_real(index, features.detach())
+            )
+            with torch.no_grad():
+                fake, fake_labels = self.fake_batch(cfg.batch_size)
+            fake_logits, _ = run.discriminator(fake)
+            d_loss = run.loss.discriminator(
+                own_logit(real_logits, real_labels),
+                own_logit(fake_logits, run.net_labels(fake_labels)),
+            )
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+        fake, fake_labels = self.fake_batch(cfg.batch_size)
+        logits, _ = run.discriminator(fake)
+        g_loss = run.loss.generator(own_logit(logits, run.net_labels(fake_labels)))
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "step": run.step,
+            "generator": run.generator.state_dict(),
+            "discriminator": run.discriminator.state_dict(),
+            "prior": run.prior.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "conditioner": run.conditioner.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "data": self.data_rng.get_state(),
+                    "labels": self.label_rng.get_state()},
+            "timings": dict(run.timings),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        run = self.run
+        run.step = state["step"]
+        run.generator.load_state_dict(state["generator"])
+        run.discriminator.load_state_dict(state["discriminator"])
+        run.prior.load_state_dict(state["prior"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        run.conditioner.load_state_dict(state["conditioner"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.data_rng.set_state(state["rng"]["data"])
+        self.label_rng.set_state(state["rng"]["labels"])
+        run.timings.update(state["timings"])
+
+    def checkpoint(self) -> None:
+        if self.run.directory is not None:
+            results.save_checkpoint(self.run.directory / results.CHECKPOINT, self.state_dict())
+
+    # ------------------------------------------------------------------ loop
+    def setup(self) -> None:
+        """Initial fit of the conditioner (e.g. first clustering on random D features)."""
+        start = time.perf_counter()
+        self.run.conditioner.setup(self.run.models)
+        self.run.timings["setup_s"] = time.perf_counter() - start
+
+    def train(self) -> None:
+        """Train from ``run.step`` to ``config.steps``; Ctrl-C checkpoints, then re-raises."""
+        run, cfg, hook = self.run, self.run.config, self.run.pm.hook
+        run.generator.train()
+        run.discriminator.train()
+        timings = run.timings
+        with self.progress() as advance:
+            start = time.perf_counter()
+            try:
+                while run.step < cfg.steps:
+                    losses = self.step()
+                    run.step += 1
+                    hook.harness_step_end(run=run, step=run.step, losses=losses)
+                    tick = time.perf_counter()
+                    changed = run.conditioner.update(run.step, run.models)
+                    if changed is not None:
+                        timings["recluster_s"] = timings.get("recluster_s", 0.0) + (
+                            time.perf_counter() - tick
+                        )
+                        hook.harness_labels_updated(run=run, step=run.step, changed_fraction=changed)
+                    if run.step % cfg.checkpoint_every == 0:
+                        self.checkpoint_timed(start)
+                        start = time.perf_counter()
+                    advance(run.step, losses)
+            finally:
+                timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - start
+                self.checkpoint()
+        timings["ms_per_step"] = 1000 * timings["train_s"] / max(cfg.steps, 1)
+
+    def checkpoint_timed(self, start: float) -> None:
+        """Checkpoint with the training time so far folded in (exact resumed timings)."""
+        self.run.timings["train_s"] = self.run.timings.get("train_s", 0.0) + (
+            time.perf_counter() - start
+        )
+        self.checkpoint()
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Any]:
+        cfg, run = self.run.config, self.run
+        if not cfg.progress:
+            yield lambda step, losses: None
+            return
+        columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=run.step, info="")
+
+            def advance(step: int, losses: dict[str, torch.Tensor]) -> None:
+                if step % 25 == 0 or step == cfg.steps:
+                    info = " ".join(f"{k}={float(v):.3f}" for k, v in losses.items())
+                    bar.update(task, completed=step, info=info)
+
+            yield advance
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples from G in eval mode, labels drawn from P(c)."""
+        xs, ys = zip(*(self.fake_batch(len(chunk)) for chunk in torch.arange(n).split(EVAL_BATCH)))
+        return torch.cat(xs).cpu(), torch.cat(ys).cpu()
+
+    def evaluate(self) -> dict[str, float]:
+        run = self.run
+        start = time.perf_counter()
+        run.generator.eval()
+        run.discriminator.eval()
+        torch.manual_seed(run.config.seed + 10_000)
+        self.label_rng.manual_seed(run.config.seed + 10_001)
+        values: dict[str, float] = {}
+        for name, metric in run.metrics.items():
+            values.update(metric.compute(self.sample, run))
+        run.timings["eval_s"] = time.perf_counter() - start
+        return values
+
+
+def run_name(config: RunConfig) -> str:
+    return f"{config.prior}-{config.cond}-{config.backbone}-{config.dataset}-s{config.seed}-{config.short_hash()}"
+
+
+def execute(run: Run, resume: bool = False) -> dict[str, float]:
+    """Train and evaluate a built run in ``run.directory``; keep run.json's status honest."""
+    assert run.directory is not None
+    directory, hook = run.directory, run.pm.hook
+    trainer = Trainer(run)
+    info = {"run_id": directory.name, "seed": run.config.seed, "status": "running",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": results.environment()}
+    if resume:
+        info = {**results.read_json(directory / results.RUN), "status": "running"}
+        trainer.load_state_dict(torch.load(directory / results.CHECKPOINT, weights_only=False))
+    else:
+        results.atomic_write_json(
+            directory / results.CONFIG,
+            {"config": run.config.model_dump(mode="json"), "resolved": run.resolved},
+        )
+    results.atomic_write_json(directory / results.RUN, info)
+    hook.harness_run_started(run=run)
+    try:
+        if not resume:
+            trainer.setup()
+        trainer.train()
+        metrics = trainer.evaluate()
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        info.update(status=status, error=f"{type(exc).__name__}: {exc}", step=run.step,
+                    timings=run.timings)
+        results.atomic_write_json(directory / results.RUN, info)
+        raise
+    results.atomic_write_json(
+        directory / results.METRICS, {**metrics, "eval_samples": run.config.eval_samples}
+    )
+    run.timings["recluster_share"] = run.timings.get("recluster_s", 0.0) / max(
+        run.timings["train_s"], 1e-9
+    )
+    info.update(status="finished", step=run.step, timings=run.timings,
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    info.pop("error", None)
+    results.atomic_write_json(directory / results.RUN, info)
+    hook.harness_run_finished(run=run, metrics=metrics)
+    return metrics

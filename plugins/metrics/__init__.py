@@ -1,0 +1,11 @@
+"""Built-in metrics."""
+
+from harness import hookimpl
+
+
+@hookimpl
+def harness_metrics() -> dict[str, str]:
+    return {
+        "modes_2d": "harness_plugins.metrics.modes:Modes2D",
+        "cluster_agreement": "harness_plugins.metrics.clusters:ClusterAgreement",
+    }
