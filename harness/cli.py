@@ -20,7 +20,7 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--dataset": ("dataset", str, "dataset plugin (default: ring)"),
     "--loss": ("loss", str, "adversarial loss plugin (default: bce)"),
     "--seed": ("seed", int, "random seed (default: 0)"),
-    "--steps": ("steps", int, "training iterations (default: 2000)"),
+    "--steps": ("steps", int, "training iterations (default: 1500)"),
     "--batch-size": ("batch_size", int, "batch size (default: 100)"),
     "--d-steps": ("d_steps", int, "D updates per G update (default: 1)"),
     "--z-dim": ("z_dim", int, "latent size (default: the backbone's)"),
@@ -29,6 +29,7 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--eval-samples": ("eval_samples", int, "generated samples for metrics (default: 50000)"),
     "--out": ("out", Path, "results folder (default: results)"),
     "--device": ("device", str, "cpu, cuda or auto (default: cpu)"),
+    "--threads": ("threads", int, "torch CPU threads (default: torch's choice)"),
     "--log-every": ("log_every", int, "steps between log.jsonl records (default: 100)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (default: 1000)"),
 }
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate one composition, e.g. "
         "harness run --prior gaussian --cond kmeans_d --backbone mlp --dataset ring --seed 0",
     )
-    run.add_argument("--config", type=Path, help="TOML file of run settings, or a run's config.json")
+    run.add_argument(
+        "--config", type=Path, help="TOML file of run settings, or a run's config.json"
+    )
     for flag, (_, kind, text) in RUN_FLAGS.items():
         run.add_argument(flag, type=kind, default=None, help=text)
     run.add_argument("--metrics", help="comma-separated metric plugins (default: all that apply)")
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = commands.add_parser("leaderboard", help="aggregate runs: mean ± std over seeds")
     board.add_argument("runs", nargs="*", type=Path, help="run dirs or folders of runs")
-    board.add_argument("--results", type=Path, default=None, help="folder of runs (default: results)")
+    board.add_argument("--results", type=Path, help="folder of runs (default: results)")
     board.add_argument("--csv", type=Path, help="also write the table as CSV")
     board.add_argument("--group-by", help="comma-separated columns (default: every config field)")
     return parser
@@ -168,7 +171,7 @@ def command_plugins(args: argparse.Namespace) -> int:
                 for opt in item["options"]:
                     print(f"      --{family_flag(family)}-opt {opt['name']}=<{opt['type']}> "
                           f"(default {opt['default']!r})  {opt['help']}")
-    for name, error in pm.load_errors.items():
+    for error in pm.load_errors.values():
         print(f"warning: {error}", file=sys.stderr)
     return 0
 

@@ -57,7 +57,7 @@ def lloyd(
     centers = centers.clone()
     k = len(centers)
     tol_abs = tol * float(x.var(0).mean()) if len(x) > 1 else 0.0
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(1, max_iter + 1):  # noqa: B007 - reported after the loop
         dist = squared_distances(x, centers)
         closest, labels = dist.min(1)
         counts = torch.bincount(labels, minlength=k)
@@ -96,7 +96,9 @@ def kmeans(
     return best
 
 
-def cluster_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cluster_means(
+    x: torch.Tensor, labels: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cluster means of ``x`` (rows of empty clusters are zero) and counts."""
     counts = torch.bincount(labels, minlength=k)
     sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)

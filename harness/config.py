@@ -21,7 +21,7 @@ COMPONENT_FIELDS = {
 }
 """Config field -> plugin family of the component it names."""
 
-NON_SCIENTIFIC = {"out", "device", "log_every", "checkpoint_every", "progress"}
+NON_SCIENTIFIC = {"out", "device", "threads", "log_every", "checkpoint_every", "progress"}
 """Fields that do not change a run's results: left out of its identity hash and grouping."""
 
 
@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     metric_options: dict[str, dict[str, Any]] = {}
 
     seed: int = Field(default=0, ge=0)
-    steps: int = Field(default=2000, ge=1, description="training iterations (G updates)")
+    steps: int = Field(default=1500, ge=1, description="training iterations (G updates)")
     batch_size: int = Field(default=100, ge=1)
     d_steps: int = Field(default=1, ge=1, description="D updates per G update")
     z_dim: int | None = Field(default=None, ge=1, description="default: the backbone's")
@@ -57,6 +57,9 @@ class RunConfig(BaseModel):
 
     out: Path = Path("results")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads (1 per run for parallel runs)"
+    )
     log_every: int = Field(default=100, ge=1)
     checkpoint_every: int = Field(default=1000, ge=1)
     progress: bool = True

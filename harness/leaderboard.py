@@ -81,7 +81,7 @@ def aggregate(
         valid = [c for c in frame.columns if c not in metrics]
         raise HarnessError(f"unknown --group-by column(s) {missing} (valid: {', '.join(valid)})")
     values = [m for m in metrics if pd.api.types.is_numeric_dtype(frame[m])]
-    grouped = frame.fillna({k: "" for k in keys}).groupby(keys, sort=True, dropna=False)
+    grouped = frame.groupby(keys, sort=True, dropna=False)
     table = grouped[values].agg(["mean", "std"])
     table.columns = [f"{m}_{stat}" for m, stat in table.columns]
     table.insert(0, "n_seeds", grouped.size())
@@ -100,7 +100,7 @@ def render(table: pd.DataFrame, metrics: list[str]) -> str:
         if f"{metric}_mean" not in table or metric == "eval_samples":
             continue
         mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0.0)
-        view[metric] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, std)]
+        view[metric] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, std, strict=True)]
     return view.to_string(index=False)
 
 

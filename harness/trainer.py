@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +42,8 @@ def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) ->
         return cls.Options.model_validate(values)
     except ValidationError as exc:
         fields = list(cls.Options.model_fields)
-        raise ConfigError(describe_validation_error(exc, f"{kind} {name!r} option", fields)) from None
+        message = describe_validation_error(exc, f"{kind} {name!r} option", fields)
+        raise ConfigError(message) from None
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -69,6 +72,7 @@ class Run:
     resolved: dict[str, Any]
     directory: Path | None = None
     step: int = 0
+    stop_requested: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -94,6 +98,8 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
         resolved[fld] = {"name": name, "provider": entry.provider,
                          "options": options[fld].model_dump(mode="json")}
     device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     dataset = classes["dataset"](options["dataset"], config.seed)
     metrics = build_metrics(config, pm, dataset, resolved)
@@ -238,40 +244,56 @@ class Trainer:
         self.run.timings["setup_s"] = time.perf_counter() - start
 
     def train(self) -> None:
-        """Train from ``run.step`` to ``config.steps``; Ctrl-C checkpoints, then re-raises."""
+        """Train from ``run.step`` to ``config.steps``.
+
+        Ctrl-C (or a hook setting ``run.stop_requested``) stops at the next step boundary,
+        checkpoints, and raises ``KeyboardInterrupt``; a second Ctrl-C stops at once.
+        """
         run, cfg, hook = self.run, self.run.config, self.run.pm.hook
         run.generator.train()
         run.discriminator.train()
         timings = run.timings
-        with self.progress() as advance:
+        with self.progress() as advance, self.graceful_interrupt():
             start = time.perf_counter()
-            try:
-                while run.step < cfg.steps:
-                    losses = self.step()
-                    run.step += 1
-                    hook.harness_step_end(run=run, step=run.step, losses=losses)
-                    tick = time.perf_counter()
-                    changed = run.conditioner.update(run.step, run.models)
-                    if changed is not None:
-                        timings["recluster_s"] = timings.get("recluster_s", 0.0) + (
-                            time.perf_counter() - tick
-                        )
-                        hook.harness_labels_updated(run=run, step=run.step, changed_fraction=changed)
-                    if run.step % cfg.checkpoint_every == 0:
-                        self.checkpoint_timed(start)
-                        start = time.perf_counter()
-                    advance(run.step, losses)
-            finally:
-                timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - start
-                self.checkpoint()
+            while run.step < cfg.steps:
+                losses = self.step()
+                run.step += 1
+                tick = time.perf_counter()
+                changed = run.conditioner.update(run.step, run.models)
+                if changed is not None:
+                    timings["recluster_s"] = timings.get("recluster_s", 0.0) + (
+                        time.perf_counter() - tick
+                    )
+                    hook.harness_labels_updated(run=run, step=run.step, changed_fraction=changed)
+                hook.harness_step_end(run=run, step=run.step, losses=losses)
+                advance(run.step, losses)
+                if run.stop_requested or run.step % cfg.checkpoint_every == 0:
+                    timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - start
+                    self.checkpoint()
+                    start = time.perf_counter()
+                    if run.stop_requested:
+                        raise KeyboardInterrupt
+            timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - start
+        self.checkpoint()
         timings["ms_per_step"] = 1000 * timings["train_s"] / max(cfg.steps, 1)
 
-    def checkpoint_timed(self, start: float) -> None:
-        """Checkpoint with the training time so far folded in (exact resumed timings)."""
-        self.run.timings["train_s"] = self.run.timings.get("train_s", 0.0) + (
-            time.perf_counter() - start
-        )
-        self.checkpoint()
+    @contextlib.contextmanager
+    def graceful_interrupt(self) -> Iterator[None]:
+        """Turn the first SIGINT into ``run.stop_requested`` (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.run.stop_requested:
+                raise KeyboardInterrupt
+            self.run.stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Any]:
@@ -295,7 +317,8 @@ class Trainer:
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples from G in eval mode, labels drawn from P(c)."""
-        xs, ys = zip(*(self.fake_batch(len(chunk)) for chunk in torch.arange(n).split(EVAL_BATCH)))
+        chunks = torch.arange(n).split(EVAL_BATCH)
+        xs, ys = zip(*(self.fake_batch(len(chunk)) for chunk in chunks), strict=True)
         return torch.cat(xs).cpu(), torch.cat(ys).cpu()
 
     def evaluate(self) -> dict[str, float]:
@@ -307,13 +330,16 @@ class Trainer:
         self.label_rng.manual_seed(run.config.seed + 10_001)
         values: dict[str, float] = {}
         for name, metric in run.metrics.items():
+            tick = time.perf_counter()
             values.update(metric.compute(self.sample, run))
+            run.timings[f"eval_{name}_s"] = time.perf_counter() - tick
         run.timings["eval_s"] = time.perf_counter() - start
         return values
 
 
 def run_name(config: RunConfig) -> str:
-    return f"{config.prior}-{config.cond}-{config.backbone}-{config.dataset}-s{config.seed}-{config.short_hash()}"
+    parts = (config.prior, config.cond, config.backbone, config.dataset, f"s{config.seed}")
+    return "-".join((*parts, config.short_hash()))
 
 
 def execute(run: Run, resume: bool = False) -> dict[str, float]:

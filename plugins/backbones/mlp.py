@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ class MLPDiscriminator(Discriminator):
     def __init__(self, in_dim: int, num_classes: int, opts: MLPOptions) -> None:
         super().__init__()
         dims = [in_dim] + [opts.d_width] * opts.d_layers
-        self.body = nn.Sequential(*(Maxout(a, b, opts.pieces) for a, b in zip(dims, dims[1:])))
+        self.body = nn.Sequential(*(Maxout(a, b, opts.pieces) for a, b in pairwise(dims)))
         self.head = nn.Linear(opts.d_width, num_classes)
         self.feature_dim = opts.d_width
 

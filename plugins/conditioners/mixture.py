@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from pydantic import Field
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from harness.api import BuildContext, Conditioner, Models, Options
@@ -53,10 +56,14 @@ class MixtureComponent(Conditioner):
         fake = torch.cat(
             [
                 models.generator(zc, torch.zeros_like(yc))
-                for zc, yc in zip(z.split(models.batch_size), labels.split(models.batch_size))
+                for zc, yc in zip(
+                    z.split(models.batch_size), labels.split(models.batch_size), strict=True
+                )
             ]
         )
-        classifier = MLPClassifier(hidden_layer_sizes=(128,), max_iter=200, random_state=0)
-        classifier.fit(fake.flatten(1).cpu().numpy(), labels.cpu().numpy())
+        classifier = MLPClassifier(hidden_layer_sizes=(128,), max_iter=300, random_state=0)
+        with warnings.catch_warnings():  # an unconverged classifier still gives a partition
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            classifier.fit(fake.flatten(1).cpu().numpy(), labels.cpu().numpy())
         real = models.dataset.x[index.cpu()].flatten(1).numpy()
         return torch.as_tensor(classifier.predict(real).astype(np.int64))

@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import Field
 
-from harness.api import DataSpec, Dataset, ModeSpec, Options
+from harness.api import Dataset, DataSpec, ModeSpec, Options
 
 
 class MixtureOptions(Options):

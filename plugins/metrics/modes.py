@@ -39,7 +39,9 @@ def mode_statistics(
 
 
 class ModesOptions(Options):
-    tolerance: float = Field(3.0, gt=0, description="high quality: every coordinate within this many std")
+    tolerance: float = Field(
+        3.0, gt=0, description="high quality: every coordinate within this many std"
+    )
 
 
 class Modes2D(Metric):

@@ -1,0 +1,176 @@
+"""Training-loop overhead: ms/step of the harness's ``Trainer.train`` vs. a bare PyTorch loop.
+
+Both sides train the same MLP G / maxout D (plugins/backbones/mlp.py), started from the same
+weights, on the same ring data with the same batch, Adam settings, non-saturating loss and
+label lookup. The harness side is built exactly as ``harness run`` builds it (plugins,
+hooks, conditioner; no run directory, no progress bar); the bare side is a plain loop over
+tensors. A few lock-step steps first check that both compute the same losses; then blocks of
+steps alternate between the two sides and the per-block ms/step are compared.
+
+    .venv/bin/python benchmarks/bench_train.py [--rounds 10] [--block 50] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import make_config
+from harness.manager import get_plugin_manager
+from harness.results import atomic_write_json, environment
+from harness.trainer import Run, Trainer, build_run
+from harness_plugins.backbones.mlp import MLPDiscriminator, MLPGenerator, MLPOptions
+
+BATCH = 100
+LR = 1e-4
+BETAS = (0.8, 0.999)
+SEED = 0
+CHECK_STEPS = 3
+CONFIG = {
+    "prior": "gaussian", "cond": "kmeans_d", "backbone": "mlp", "dataset": "ring",
+    "loss": "bce", "seed": SEED, "steps": 1, "batch_size": BATCH, "lr_g": LR, "lr_d": LR,
+    "betas": BETAS, "progress": False,
+    "cond_options": {"subset": 2000, "n_init": 1, "recluster_every": 0},
+}
+
+
+class BareLoop:
+    """``Trainer.step``'s math on plain tensors: no plugins, hooks, conditioner or config."""
+
+    def __init__(self, run: Run) -> None:
+        k = run.conditioner.num_classes
+        opts = MLPOptions.model_validate(run.resolved["backbone"]["options"])
+        self.z_dim = run.resolved["z_dim"]
+        self.g = MLPGenerator(self.z_dim, k, run.dataset.x.shape[1], opts)
+        self.d = MLPDiscriminator(run.dataset.x.shape[1], k, opts)
+        self.g.load_state_dict(run.generator.state_dict())
+        self.d.load_state_dict(run.discriminator.state_dict())
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR, betas=BETAS)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR, betas=BETAS)
+        self.data = run.dataset.x.clone()
+        self.labels = run.conditioner.labels.clone()  # fixed label of every real example
+        self.weights = run.conditioner.class_weights().clone()  # P(c) for fake labels
+        self.data_rng = torch.Generator().manual_seed(SEED + 4)  # as Trainer's
+        self.label_rng = torch.Generator().manual_seed(SEED + 5)
+
+    def fake(self) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.multinomial(self.weights, BATCH, replacement=True, generator=self.label_rng)
+        return self.g(torch.randn(BATCH, self.z_dim), labels), labels
+
+    def step(self) -> dict[str, torch.Tensor]:
+        index = torch.randint(len(self.data), (BATCH,), generator=self.data_rng)
+        real_logits, _ = self.d(self.data[index])
+        with torch.no_grad():
+            fake, fake_labels = self.fake()
+        fake_logits, _ = self.d(fake)
+        real_own = real_logits.gather(1, self.labels[index][:, None]).squeeze(1)
+        fake_own = fake_logits.gather(1, fake_labels[:, None]).squeeze(1)
+        d_loss = F.softplus(-real_own).mean() + F.softplus(fake_own).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        fake, fake_labels = self.fake()
+        logits, _ = self.d(fake)
+        g_loss = F.softplus(-logits.gather(1, fake_labels[:, None]).squeeze(1)).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+    def train(self, steps: int) -> None:
+        self.g.train()
+        self.d.train()
+        for _ in range(steps):
+            self.step()
+
+
+def harness_trainer() -> Trainer:
+    """A Trainer built as ``harness run`` builds it, with its conditioner set up."""
+    run = build_run(make_config(CONFIG), get_plugin_manager())
+    trainer = Trainer(run)
+    trainer.setup()
+    return trainer
+
+
+def train_harness(trainer: Trainer, steps: int) -> None:
+    """``steps`` more steps of the real loop (``Trainer.train`` continues from ``run.step``)."""
+    trainer.run.config.steps = trainer.run.step + steps
+    trainer.train()
+
+
+def max_loss_difference(trainer: Trainer, bare: BareLoop) -> float:
+    """Largest |loss difference| over lock-step steps from the same state and seeds."""
+    worst = 0.0
+    for i in range(CHECK_STEPS):
+        torch.manual_seed(1000 + i)
+        ours = trainer.step()
+        torch.manual_seed(1000 + i)
+        theirs = bare.step()
+        worst = max(worst, *(abs(float(ours[k] - theirs[k])) for k in ours))
+    return worst
+
+
+def ms_per_step(train: Callable[[int], None], steps: int) -> float:
+    start = time.perf_counter()
+    train(steps)
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10, help="alternating blocks per side")
+    parser.add_argument("--block", type=int, default=50, help="steps per block")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed steps per side first")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+
+    trainer = harness_trainer()
+    bare = BareLoop(trainer.run)
+    difference = max_loss_difference(trainer, bare)
+    sides: dict[str, Callable[[int], None]] = {
+        "harness": lambda steps: train_harness(trainer, steps), "bare": bare.train,
+    }
+    for train in sides.values():
+        train(args.warmup)
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        for name in sides if r % 2 == 0 else reversed(sides):  # alternate who goes first
+            times[name].append(ms_per_step(sides[name], args.block))
+
+    paired = [h / b for h, b in zip(times["harness"], times["bare"])]
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    results: dict[str, Any] = {
+        "benchmark": "train", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "threads": torch.get_num_threads(), "batch_size": BATCH, "rounds": args.rounds,
+        "block": args.block, "warmup": args.warmup, "ms_per_step": times,
+        "median_ms_per_step": medians, "ratio_paired_median": statistics.median(paired),
+        "ratio_paired": paired, "ratio_of_medians": medians["harness"] / medians["bare"],
+        "max_loss_difference": difference, "environment": environment(),
+    }
+
+    print(f"bench_train: torch {torch.__version__}, {results['threads']} thread(s), "
+          f"batch {BATCH}, {args.rounds} rounds x {args.block} steps per side")
+    print(f"same math: max |loss difference| over {CHECK_STEPS} lock-step steps = {difference:.2e}")
+    print(f"{'side':<8} {'median':>8} {'min':>8} {'max':>8}  ms/step")
+    for name, ts in times.items():
+        print(f"{name:<8} {medians[name]:8.3f} {min(ts):8.3f} {max(ts):8.3f}")
+    print(f"harness/bare: paired median {results['ratio_paired_median']:.3f} "
+          f"(rounds {min(paired):.3f}..{max(paired):.3f}), "
+          f"ratio of medians {results['ratio_of_medians']:.3f}")
+    if args.json is not None:
+        atomic_write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()

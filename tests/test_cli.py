@@ -1,0 +1,184 @@
+"""End-to-end `harness run` / `harness leaderboard`, determinism, resume and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from harness import hookimpl
+from tests.conftest import FAST
+
+CONDITIONERS = {
+    "none": [],
+    "random": ["--cond-opt", "k=5"],
+    "ground_truth": [],
+    "kmeans_d": ["--cond-opt", "k=10", "--cond-opt", "subset=500", "--cond-opt", "n_init=2",
+                 "--cond-opt", "recluster_every=10"],
+    "online_kmeans": ["--cond-opt", "k=10", "--cond-opt", "subset=500", "--cond-opt", "n_init=1"],
+    "gmm": ["--prior", "gmm", "--prior-opt", "num_components=4",
+            "--cond-opt", "samples_per_component=100"],
+}
+
+
+def only_run(out: Path) -> Path:
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+@pytest.mark.parametrize("cond", CONDITIONERS)
+def test_each_conditioner_runs_end_to_end(cli, tmp_path, cond):
+    result = cli("run", "--cond", cond, *CONDITIONERS[cond], *FAST, "--out", tmp_path)
+    assert result.code == 0, result.err
+    run_dir = only_run(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"modes", "hq_pct", "rkl", "cluster_nmi", "cluster_acc"} <= set(metrics)
+    assert metrics["eval_samples"] == 2000
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["seed"] == 0
+    assert info["environment"]["packages"]["torch"] == torch.__version__.split("+")[0] or info[
+        "environment"]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert {"train_s", "eval_s", "setup_s", "ms_per_step"} <= set(info["timings"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["cond"] == cond and config["resolved"]["cond"]["name"] == cond
+    assert (run_dir / "checkpoints" / "last.pt").exists()
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "d_loss" in r] == [10, 20, 30]
+    assert cond in result.out  # the one-row leaderboard
+
+
+def test_kmeans_d_logs_reclustering(cli, tmp_path):
+    assert cli("run", *CONDITIONERS["kmeans_d"], *FAST, "--out", tmp_path).code == 0
+    log = (only_run(tmp_path) / "log.jsonl").read_text()
+    assert log.count('"labels_updated"') == 3
+
+
+def test_same_seed_gives_identical_metrics(cli, tmp_path):
+    args = ["run", *CONDITIONERS["kmeans_d"], *FAST, "--seed", "3"]
+    assert cli(*args, "--out", tmp_path / "a").code == 0
+    assert cli(*args, "--out", tmp_path / "b").code == 0
+    a, b = (json.loads((only_run(tmp_path / x) / "metrics.json").read_text()) for x in "ab")
+    assert a == b
+    assert cli(*args[:-1], "4", "--out", tmp_path / "c").code == 0
+    assert json.loads((only_run(tmp_path / "c") / "metrics.json").read_text()) != a
+
+
+def test_config_file_and_rerun_from_config_json(cli, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        'prior = "uniform"\ncond = "random"\nsteps = 20\neval_samples = 1000\n'
+        "[cond_options]\nk = 3\n[dataset_options]\nsize = 1000\n"
+    )
+    assert cli("run", "--config", toml, "--no-progress", "--out", tmp_path / "a").code == 0
+    first = only_run(tmp_path / "a")
+    saved = json.loads((first / "config.json").read_text())
+    assert saved["resolved"]["cond"]["options"] == {"k": 3}
+    assert saved["config"]["prior"] == "uniform"
+    again = cli("run", "--config", first / "config.json", "--out", tmp_path / "b")
+    assert again.code == 0
+    metrics = [json.loads((only_run(tmp_path / x) / "metrics.json").read_text()) for x in "ab"]
+    assert metrics[0] == metrics[1]
+
+
+class StopAt:
+    """A lifecycle plugin that asks the run to stop, as Ctrl-C does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def harness_step_end(self, run, step, losses):
+        if step == self.step:
+            run.stop_requested = True
+
+
+def test_interrupt_then_resume_continues_exactly(cli, pm, tmp_path):
+    args = ["run", *CONDITIONERS["kmeans_d"], *FAST, "--steps", "40", "--checkpoint-every", "15"]
+    assert cli(*args, "--out", tmp_path / "straight").code == 0
+    pm.register(StopAt(25), name="stop-at-25")
+    try:
+        stopped = cli(*args, "--out", tmp_path / "resumed")
+    finally:
+        pm.unregister("stop-at-25")
+    assert stopped.code == 130 and "--resume" in stopped.err
+    run_dir = only_run(tmp_path / "resumed")
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "metrics.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == 25
+    assert cli("run", "--resume", run_dir, "--no-progress").code == 0
+    straight = only_run(tmp_path / "straight")
+    for name in ("metrics.json",):
+        assert (run_dir / name).read_text() == (straight / name).read_text()
+    a, b = (
+        torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (run_dir, straight)
+    )
+    for key in a["generator"]:
+        assert torch.equal(a["generator"][key], b["generator"][key]), key
+    assert cli("run", "--resume", run_dir).code == 2  # already finished
+
+
+def test_leaderboard_groups_seeds_and_writes_csv(cli, tmp_path):
+    for cond in ("none", "random"):
+        for seed in ("0", "1"):
+            code = cli("run", "--cond", cond, *CONDITIONERS[cond], *FAST, "--seed", seed,
+                       "--out", tmp_path / "runs").code
+            assert code == 0
+    result = cli("leaderboard", "--results", tmp_path / "runs", "--csv", tmp_path / "board.csv")
+    assert result.code == 0
+    table = pd.read_csv(tmp_path / "board.csv")
+    assert sorted(table["cond"]) == ["none", "random"]
+    assert (table["n_seeds"] == 2).all()
+    assert {"modes_mean", "modes_std", "rkl_mean", "hq_pct_std"} <= set(table.columns)
+    assert "±" in result.out and "random" in result.out
+    by_prior = cli("leaderboard", tmp_path / "runs", "--group-by", "prior")
+    assert by_prior.code == 0 and "4" in by_prior.out.splitlines()[1]
+    bad = cli("leaderboard", tmp_path / "runs", "--group-by", "colour")
+    assert bad.code == 2 and "colour" in bad.err and "valid:" in bad.err
+
+
+def test_leaderboard_skips_unfinished_runs(cli, tmp_path):
+    assert cli("run", *FAST, "--cond", "none", "--out", tmp_path).code == 0
+    broken = tmp_path / "half-written"
+    broken.mkdir()
+    (broken / "run.json").write_text('{"status": "running"}')
+    result = cli("leaderboard", tmp_path)
+    assert result.code == 0 and result.out.count("none") == 1
+
+
+BAD_INPUT = {
+    "unknown prior": (["--prior", "gausian"], ["gausian", "Did you mean 'gaussian'", "uniform"]),
+    "unknown cond": (["--cond", "kmeans"], ["'kmeans'", "kmeans_d", "online_kmeans"]),
+    "bad option value": (["--prior", "gmm", "--prior-opt", "sigma=abc"], ["sigma", "'abc'"]),
+    "unknown option": (["--prior", "gmm", "--prior-opt", "sgima=1"], ["sgima", "sigma", "c"]),
+    "bad run field": (["--steps", "-5"], ["steps", "-5"]),
+    "gmm without mixture": (["--cond", "gmm"], ["--cond gmm", "gaussian", "gmm"]),
+    "metric not applicable": (["--metrics", "nope"], ["nope", "modes_2d"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_with_choices_and_writes_nothing(cli, tmp_path, case):
+    args, expected = BAD_INPUT[case]
+    result = cli("run", *FAST, *args, "--out", tmp_path)
+    assert result.code == 2
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    for text in expected:
+        assert text in lines[0]
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    harness = Path(sys.executable).with_name("harness")
+    result = subprocess.run(
+        [str(harness), "run", "--backbone", "biggan", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: unknown backbone 'biggan'. Available: mlp"
+    )
