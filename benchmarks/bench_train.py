@@ -7,12 +7,13 @@ hooks, conditioner; no run directory, no progress bar); the bare side is a plain
 tensors. A few lock-step steps first check that both compute the same losses; then blocks of
 steps alternate between the two sides and the per-block ms/step are compared.
 
-    .venv/bin/python benchmarks/bench_train.py [--rounds 10] [--block 50] [--threads N]
+    .venv/bin/python benchmarks/bench_train.py [--rounds 20] [--block 25] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -125,8 +126,8 @@ def ms_per_step(train: Callable[[int], None], steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10, help="alternating blocks per side")
-    parser.add_argument("--block", type=int, default=50, help="steps per block")
+    parser.add_argument("--rounds", type=int, default=20, help="alternating blocks per side")
+    parser.add_argument("--block", type=int, default=25, help="steps per block")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps per side first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
@@ -134,6 +135,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
+    load_start = os.getloadavg()
 
     trainer = harness_trainer()
     bare = BareLoop(trainer.run)
@@ -148,7 +150,7 @@ def main() -> None:
         for name in sides if r % 2 == 0 else reversed(sides):  # alternate who goes first
             times[name].append(ms_per_step(sides[name], args.block))
 
-    paired = [h / b for h, b in zip(times["harness"], times["bare"])]
+    paired = [h / b for h, b in zip(times["harness"], times["bare"], strict=True)]
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     results: dict[str, Any] = {
         "benchmark": "train", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -157,6 +159,7 @@ def main() -> None:
         "median_ms_per_step": medians, "ratio_paired_median": statistics.median(paired),
         "ratio_paired": paired, "ratio_of_medians": medians["harness"] / medians["bare"],
         "max_loss_difference": difference, "environment": environment(),
+        "loadavg": {"start": load_start, "end": os.getloadavg()},
     }
 
     print(f"bench_train: torch {torch.__version__}, {results['threads']} thread(s), "
@@ -168,6 +171,7 @@ def main() -> None:
     print(f"harness/bare: paired median {results['ratio_paired_median']:.3f} "
           f"(rounds {min(paired):.3f}..{max(paired):.3f}), "
           f"ratio of medians {results['ratio_of_medians']:.3f}")
+    print(f"load average (1 min) at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
     if args.json is not None:
         atomic_write_json(args.json, results)
 

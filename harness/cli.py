@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--results", type=Path, help="folder of runs (default: results)")
     board.add_argument("--csv", type=Path, help="also write the table as CSV")
     board.add_argument("--group-by", help="comma-separated columns (default: every config field)")
+    board.add_argument("--compare", metavar="SUITE",
+                       help="show a paper's published numbers beside ours (registry.toml suites,"
+                       " e.g. liu2020-table1)")
     return parser
 
 
@@ -194,7 +197,8 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     frame, metrics = leaderboard.load_runs(paths)
     group_by = [c.strip() for c in args.group_by.split(",")] if args.group_by else None
     table = leaderboard.aggregate(frame, metrics, group_by)
-    print(leaderboard.render(table, metrics))
+    suite = leaderboard.published_numbers(args.compare) if args.compare else None
+    print(leaderboard.render(table, metrics, suite))
     if args.csv:
         leaderboard.write_csv(table, args.csv)
         print(f"wrote {args.csv}", file=sys.stderr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -88,8 +90,10 @@ def aggregate(
     return table.reset_index()
 
 
-def render(table: pd.DataFrame, metrics: list[str]) -> str:
-    """A readable text table: varying keys, then ``mean ± std`` per metric."""
+def render(
+    table: pd.DataFrame, metrics: list[str], suite: dict[str, Any] | None = None
+) -> str:
+    """A readable text table: varying keys, ``mean ± std`` per metric, paper numbers if any."""
     if table.empty:
         return "(no finished runs)"
     keys = [c for c in table.columns if c != "n_seeds" and not c.endswith(("_mean", "_std"))]
@@ -101,7 +105,34 @@ def render(table: pd.DataFrame, metrics: list[str]) -> str:
             continue
         mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0.0)
         view[metric] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, std, strict=True)]
+    if suite is not None:
+        add_published(view, table, suite)
     return view.to_string(index=False)
+
+
+def published_numbers(suite: str) -> dict[str, Any]:
+    """A paper table of ``registry.toml``: ``{dataset: {cond: [[mean, se], ...]}}`` + columns."""
+    registry = Path(__file__).resolve().parents[1] / "registry.toml"
+    if not registry.exists():
+        raise HarnessError(f"--compare needs registry.toml beside the harness package: {registry}")
+    suites = tomllib.loads(registry.read_text()).get("suite", {})
+    if suite not in suites:
+        raise HarnessError(f"unknown suite {suite!r} (valid: {', '.join(suites) or 'none'})")
+    return suites[suite]
+
+
+def add_published(view: pd.DataFrame, table: pd.DataFrame, suite: dict[str, Any]) -> None:
+    """Insert ``<metric> (paper)`` columns beside the measured ones, by dataset and cond."""
+    for position, metric in enumerate(suite["columns"]):
+        if metric not in view:
+            continue
+        cells = []
+        for dataset, cond in zip(table["dataset"], table["cond"], strict=True):
+            row = suite["published"].get(dataset, {}).get(cond)
+            mean, se = row[position] if row else (math.nan, math.nan)
+            cells.append("" if math.isnan(mean) else f"{mean:.4g}" + (
+                "" if math.isnan(se) else f" ± {se:.2g}"))
+        view.insert(view.columns.get_loc(metric) + 1, f"{metric} (paper)", cells)
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:

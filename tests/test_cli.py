@@ -182,3 +182,14 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert result.stderr.strip() == (
         "error: unknown backbone 'biggan'. Available: mlp"
     )
+
+
+def test_leaderboard_compares_with_published_numbers(cli, tmp_path):
+    assert cli("run", *FAST, "--cond", "none", "--out", tmp_path).code == 0
+    result = cli("leaderboard", tmp_path, "--compare", "liu2020-table1")
+    assert result.code == 0
+    header, row = result.out.splitlines()[:2]
+    assert "modes (paper)" in header and "rkl (paper)" in header
+    assert "6.3 ± 0.5" in row and "0.45 ± 0.09" in row  # the paper's GAN row on the ring
+    bad = cli("leaderboard", tmp_path, "--compare", "liu2021")
+    assert bad.code == 2 and "liu2020-table1" in bad.err

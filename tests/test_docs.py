@@ -1,0 +1,32 @@
+"""The README's Quickstart is what CI runs; the docs name real flags."""
+
+import re
+from pathlib import Path
+
+from harness.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quickstart_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_quickstart_is_two_commands_and_ci_runs_the_test_one():
+    install_and_run, install_and_test = quickstart_commands()
+    assert install_and_run.endswith("harness run")
+    assert "pytest" in install_and_test
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert install_and_test in ci
+
+
+def test_readme_flags_exist():
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    flags = {opt for action in run_parser._actions for opt in action.option_strings}
+    readme = (ROOT / "README.md").read_text()
+    for line in re.findall(r"harness run[^\n`]*", readme):
+        for flag in re.findall(r"(--[a-z][a-z-]*)", line):
+            assert flag in flags, f"README uses unknown flag {flag}"
