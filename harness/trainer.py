@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from harness import results
@@ -240,8 +241,15 @@ class Trainer:
     def setup(self) -> None:
         """Initial fit of the conditioner (e.g. first clustering on random D features)."""
         start = time.perf_counter()
-        self.run.conditioner.setup(self.run.models)
+        with self.status(f"setting up conditioner {self.run.config.cond}"):
+            self.run.conditioner.setup(self.run.models)
         self.run.timings["setup_s"] = time.perf_counter() - start
+
+    def status(self, message: str) -> contextlib.AbstractContextManager[Any]:
+        """A spinner on stderr for a long step without a step count (if progress is on)."""
+        if not self.run.config.progress:
+            return contextlib.nullcontext()
+        return Console(stderr=True).status(message)
 
     def train(self) -> None:
         """Train from ``run.step`` to ``config.steps``.
@@ -303,7 +311,7 @@ class Trainer:
             return
         columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
-        with Progress(*columns, transient=False) as bar:
+        with Progress(*columns, console=Console(stderr=True)) as bar:
             task = bar.add_task("train", total=cfg.steps, completed=run.step, info="")
 
             def advance(step: int, losses: dict[str, torch.Tensor]) -> None:
@@ -331,7 +339,8 @@ class Trainer:
         values: dict[str, float] = {}
         for name, metric in run.metrics.items():
             tick = time.perf_counter()
-            values.update(metric.compute(self.sample, run))
+            with self.status(f"evaluating {name}"):
+                values.update(metric.compute(self.sample, run))
             run.timings[f"eval_{name}_s"] = time.perf_counter() - tick
         run.timings["eval_s"] = time.perf_counter() - start
         return values
