@@ -15,7 +15,8 @@ from harness import results
 from harness.config import COMPONENT_FIELDS, NON_SCIENTIFIC
 from harness.errors import HarnessError
 
-ALWAYS_SHOWN = ("dataset", "prior", "cond", "backbone")
+ALWAYS_SHOWN = ("dataset", "cond", "prior", "backbone")
+"""Shown in every printed table; other keys only where their defined values differ."""
 RUN_COLUMNS = ("run_id", "seed", "status")
 
 
@@ -97,8 +98,8 @@ def render(
     if table.empty:
         return "(no finished runs)"
     keys = [c for c in table.columns if c != "n_seeds" and not c.endswith(("_mean", "_std"))]
-    shown = [k for k in keys if k in ALWAYS_SHOWN or table[k].nunique(dropna=False) > 1]
-    view = table[shown].copy()
+    varying = [k for k in keys if k not in ALWAYS_SHOWN and table[k].dropna().nunique() > 1]
+    view = table[[k for k in ALWAYS_SHOWN if k in table] + varying].copy()
     view["seeds"] = table["n_seeds"]
     for metric in metrics:
         if f"{metric}_mean" not in table or metric == "eval_samples":
