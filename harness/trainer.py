@@ -215,7 +215,8 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "conditioner": run.conditioner.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.data_rng.get_state(),
-                    "labels": self.label_rng.get_state()},
+                    "labels": self.label_rng.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "timings": dict(run.timings),
         }
 
@@ -229,6 +230,8 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         run.conditioner.load_state_dict(state["conditioner"])
         torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.data_rng.set_state(state["rng"]["data"])
         self.label_rng.set_state(state["rng"]["labels"])
         run.timings.update(state["timings"])
