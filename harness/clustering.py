@@ -22,10 +22,13 @@ class KMeansResult:
     iterations: int
 
 
-def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """(n, k) squared Euclidean distances, clamped at zero."""
-    d = (x * x).sum(1, keepdim=True) - 2 * x @ centers.T + (centers * centers).sum(1)
-    return d.clamp_min_(0)
+def squared_distances(
+    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(n, k) squared Euclidean distances, clamped at zero; ``x_sq`` caches ||x||^2 (n, 1)."""
+    if x_sq is None:
+        x_sq = (x * x).sum(1, keepdim=True)
+    return torch.addmm(x_sq + (centers * centers).sum(1), x, centers.T, alpha=-2).clamp_min_(0)
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -53,13 +56,23 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
 def lloyd(
     x: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: float = 1e-4
 ) -> KMeansResult:
-    """Lloyd iterations from ``centers``; an empty cluster takes the worst-fit point."""
-    centers = centers.clone()
+    """Lloyd iterations from ``centers``; an empty cluster takes the worst-fit point.
+
+    Stops, as scikit-learn does, when no label changes or the total squared centre shift
+    falls below ``tol`` times the mean per-feature variance. Works on centred data (as
+    scikit-learn does) so float32 distances keep their precision.
+    """
+    offset = x.mean(0)
+    x, centers = x - offset, centers - offset
     k = len(centers)
     tol_abs = tol * float(x.var(0).mean()) if len(x) > 1 else 0.0
+    x_sq = (x * x).sum(1, keepdim=True)
+    previous = None
     for iteration in range(1, max_iter + 1):  # noqa: B007 - reported after the loop
-        dist = squared_distances(x, centers)
-        closest, labels = dist.min(1)
+        closest, labels = squared_distances(x, centers, x_sq).min(1)
+        if previous is not None and torch.equal(labels, previous):
+            break
+        previous = labels
         counts = torch.bincount(labels, minlength=k)
         sums = torch.zeros_like(centers).index_add_(0, labels, x)
         new_centers = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
@@ -69,10 +82,10 @@ def lloyd(
             new_centers[empty[: len(far)]] = x[far]
         shift = ((new_centers - centers) ** 2).sum()
         centers = new_centers
-        if shift <= tol_abs and not len(empty):
+        if shift <= tol_abs:
             break
-    closest, labels = squared_distances(x, centers).min(1)
-    return KMeansResult(centers, labels, float(closest.sum()), iteration)
+    closest, labels = squared_distances(x, centers, x_sq).min(1)
+    return KMeansResult(centers + offset, labels, float(closest.sum()), iteration)
 
 
 def kmeans(
