@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and evaluate one composition",
         description="Train and evaluate one composition, e.g. "
         "harness run --prior gaussian --cond kmeans_d --backbone mlp --dataset ring --seed 0",
+        epilog="Plugin names and their options: harness plugins --verbose",
     )
     run.add_argument(
         "--config", type=Path, help="TOML file of run settings, or a run's config.json"

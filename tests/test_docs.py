@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 from harness.cli import build_parser
+from harness.config import load_toml, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +31,9 @@ def test_readme_flags_exist():
     for line in re.findall(r"harness run[^\n`]*", readme):
         for flag in re.findall(r"(--[a-z][a-z-]*)", line):
             assert flag in flags, f"README uses unknown flag {flag}"
+
+
+def test_paper_configs_validate():
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        config = make_config(load_toml(path))
+        assert config.steps == 100_000 and config.cond_options["k"] == 50, path
