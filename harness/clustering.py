@@ -31,13 +31,16 @@ def squared_distances(
     return torch.addmm(x_sq + (centers * centers).sum(1), x, centers.T, alpha=-2).clamp_min_(0)
 
 
-def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def kmeans_plus_plus(
+    x: torch.Tensor, k: int, generator: torch.Generator, x_sq: torch.Tensor | None = None
+) -> torch.Tensor:
     """Greedy k-means++ seeding (2 + log k local trials per centre, as scikit-learn)."""
     n = len(x)
     trials = 2 + int(math.log(k))
+    x_sq = (x * x).sum(1, keepdim=True) if x_sq is None else x_sq
     first = torch.randint(n, (1,), generator=generator, device="cpu").item()
     centers = [x[first]]
-    closest = squared_distances(x, x[first : first + 1]).squeeze(1)
+    closest = squared_distances(x, x[first : first + 1], x_sq).squeeze(1)
     for _ in range(1, k):
         total = closest.sum()
         if total <= 0:  # fewer distinct points than k: pick any
@@ -46,7 +49,7 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
             probs = (closest / total).cpu().double()
             pick = torch.multinomial(probs, trials, replacement=True, generator=generator)
         candidates = x[pick.to(x.device)]
-        new_closest = torch.minimum(closest.unsqueeze(0), squared_distances(candidates, x))
+        new_closest = torch.minimum(closest, squared_distances(x, candidates, x_sq).T)
         best = int(new_closest.sum(1).argmin())
         centers.append(candidates[best])
         closest = new_closest[best]
@@ -54,19 +57,22 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
 
 
 def lloyd(
-    x: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: float = 1e-4
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    x_sq: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Lloyd iterations from ``centers``; an empty cluster takes the worst-fit point.
 
     Stops, as scikit-learn does, when no label changes or the total squared centre shift
-    falls below ``tol`` times the mean per-feature variance. Works on centred data (as
-    scikit-learn does) so float32 distances keep their precision.
+    falls below ``tol`` times the mean per-feature variance. Pass centred data for float32
+    precision (``kmeans`` does).
     """
-    offset = x.mean(0)
-    x, centers = x - offset, centers - offset
+    centers = centers.clone()
     k = len(centers)
     tol_abs = tol * float(x.var(0).mean()) if len(x) > 1 else 0.0
-    x_sq = (x * x).sum(1, keepdim=True)
+    x_sq = (x * x).sum(1, keepdim=True) if x_sq is None else x_sq
     previous = None
     for iteration in range(1, max_iter + 1):  # noqa: B007 - reported after the loop
         closest, labels = squared_distances(x, centers, x_sq).min(1)
@@ -85,7 +91,7 @@ def lloyd(
         if shift <= tol_abs:
             break
     closest, labels = squared_distances(x, centers, x_sq).min(1)
-    return KMeansResult(centers + offset, labels, float(closest.sum()), iteration)
+    return KMeansResult(centers, labels, float(closest.sum()), iteration)
 
 
 def kmeans(
@@ -96,16 +102,23 @@ def kmeans(
     init: torch.Tensor | None = None,
     max_iter: int = 300,
 ) -> KMeansResult:
-    """Best of ``n_init`` k-means++ runs, or one run from ``init`` centres when given."""
+    """Best of ``n_init`` k-means++ runs, or one run from ``init`` centres when given.
+
+    Works on centred data, as scikit-learn does, so float32 distances keep their precision.
+    """
+    offset = x.mean(0)
+    x = x - offset
+    x_sq = (x * x).sum(1, keepdim=True)
     if init is not None:
-        return lloyd(x, init, max_iter)
-    generator = torch.Generator().manual_seed(seed)
-    best: KMeansResult | None = None
-    for _ in range(n_init):
-        result = lloyd(x, kmeans_plus_plus(x, k, generator), max_iter)
-        if best is None or result.inertia < best.inertia:
-            best = result
-    assert best is not None
+        best = lloyd(x, init - offset, max_iter, x_sq=x_sq)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        runs = (
+            lloyd(x, kmeans_plus_plus(x, k, generator, x_sq), max_iter, x_sq=x_sq)
+            for _ in range(n_init)
+        )
+        best = min(runs, key=lambda result: result.inertia)
+    best.centers += offset
     return best
 
 

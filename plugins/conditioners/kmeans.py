@@ -40,24 +40,25 @@ class FeatureClusters(Conditioner):
         return self.options.k
 
     def setup(self, models: Models) -> None:
-        result = kmeans(
-            models.features(self.subset), self.options.k, self.options.n_init, self.context.seed
-        )
+        features = models.features(self.subset)
+        result = kmeans(features, self.options.k, self.options.n_init, self.context.seed)
         self.centers, self.subset_labels = result.centers, result.labels
+        self.offset = features.mean(0)
         self.sizes = torch.bincount(result.labels, minlength=self.options.k).cpu()
 
     def nearest(self, features: torch.Tensor) -> torch.Tensor:
-        return squared_distances(features, self.centers).argmin(1)
+        """Nearest centre, computed around the clustered features' mean (float32 precision)."""
+        return squared_distances(features - self.offset, self.centers - self.offset).argmin(1)
 
     def class_weights(self) -> torch.Tensor:
         return self.sizes.double() / self.sizes.sum()
 
     def state_dict(self) -> dict[str, Any]:
         return {"centers": self.centers, "sizes": self.sizes, "subset": self.subset,
-                "subset_labels": self.subset_labels}
+                "subset_labels": self.subset_labels, "offset": self.offset}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.centers, self.sizes = state["centers"], state["sizes"]
+        self.centers, self.sizes, self.offset = state["centers"], state["sizes"], state["offset"]
         self.subset, self.subset_labels = state["subset"], state["subset_labels"]
 
 
@@ -111,7 +112,7 @@ class SelfConditioned(FeatureClusters):
             perm = torch.as_tensor(matching_permutation(old, labels, k), device=labels.device)
             labels = perm[labels]
             centers = torch.empty_like(centers).index_copy_(0, perm, centers)
-        self.centers, self.subset_labels = centers, labels
+        self.centers, self.subset_labels, self.offset = centers, labels, features.mean(0)
         self.sizes = torch.bincount(labels, minlength=k).cpu()
         self.relabel(models)
         return float((labels != old).float().mean())
@@ -150,7 +151,8 @@ class OnlineKMeans(FeatureClusters):
         return self.nearest(features)
 
     def labels_for_real(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        closest, labels = squared_distances(features, self.centers).min(1)
+        centred = features - self.offset
+        closest, labels = squared_distances(centred, self.centers - self.offset).min(1)
         means, batch_counts = cluster_means(features, labels, self.options.k)
         self.sizes.mul_(self.options.decay).add_(batch_counts.cpu())
         rate = batch_counts / self.sizes.to(features.device).clamp_min(1e-12)
