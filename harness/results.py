@@ -5,6 +5,7 @@ Files are written atomically (temp file + rename), so a reader never sees half a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -45,15 +46,9 @@ def read_json(path: Path) -> Any:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def create_run_dir(out: Path, name: str) -> Path:
