@@ -243,10 +243,18 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def setup(self) -> None:
         """Initial fit of the conditioner (e.g. first clustering on random D features)."""
-        start = time.perf_counter()
-        with self.status(f"setting up conditioner {self.run.config.cond}"):
+        with self.timed("setup_s"), self.status(f"setting up conditioner {self.run.config.cond}"):
             self.run.conditioner.setup(self.run.models)
-        self.run.timings["setup_s"] = time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Add the block's wall time to ``run.timings[key]`` (kept across resumes)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings = self.run.timings
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
     def status(self, message: str) -> contextlib.AbstractContextManager[Any]:
         """A spinner on stderr for a long step without a step count (if progress is on)."""
@@ -263,30 +271,25 @@ class Trainer:
         run, cfg, hook = self.run, self.run.config, self.run.pm.hook
         run.generator.train()
         run.discriminator.train()
-        timings = run.timings
         with self.progress() as advance, self.graceful_interrupt():
-            start = time.perf_counter()
             while run.step < cfg.steps:
-                losses = self.step()
-                run.step += 1
-                tick = time.perf_counter()
-                changed = run.conditioner.update(run.step, run.models)
-                if changed is not None:
-                    timings["recluster_s"] = timings.get("recluster_s", 0.0) + (
-                        time.perf_counter() - tick
-                    )
-                    hook.harness_labels_updated(run=run, step=run.step, changed_fraction=changed)
-                hook.harness_step_end(run=run, step=run.step, losses=losses)
-                advance(run.step, losses)
-                if run.stop_requested or run.step % cfg.checkpoint_every == 0:
-                    timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - start
+                with self.timed("train_s"):
+                    losses = self.step()
+                    run.step += 1
+                    with self.timed("recluster_s"):
+                        changed = run.conditioner.update(run.step, run.models)
+                    if changed is not None:
+                        hook.harness_labels_updated(
+                            run=run, step=run.step, changed_fraction=changed
+                        )
+                    hook.harness_step_end(run=run, step=run.step, losses=losses)
+                    advance(run.step, losses)
+                last = run.step == cfg.steps
+                if run.stop_requested or last or run.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
-                    start = time.perf_counter()
                     if run.stop_requested:
                         raise KeyboardInterrupt
-            timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - start
-        self.checkpoint()
-        timings["ms_per_step"] = 1000 * timings["train_s"] / max(cfg.steps, 1)
+        run.timings["ms_per_step"] = 1000 * run.timings.get("train_s", 0.0) / max(cfg.steps, 1)
 
     @contextlib.contextmanager
     def graceful_interrupt(self) -> Iterator[None]:
@@ -334,18 +337,15 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         run = self.run
-        start = time.perf_counter()
         run.generator.eval()
         run.discriminator.eval()
         torch.manual_seed(run.config.seed + 10_000)
         self.label_rng.manual_seed(run.config.seed + 10_001)
         values: dict[str, float] = {}
-        for name, metric in run.metrics.items():
-            tick = time.perf_counter()
-            with self.status(f"evaluating {name}"):
-                values.update(metric.compute(self.sample, run))
-            run.timings[f"eval_{name}_s"] = time.perf_counter() - tick
-        run.timings["eval_s"] = time.perf_counter() - start
+        with self.timed("eval_s"):
+            for name, metric in run.metrics.items():
+                with self.timed(f"eval_{name}_s"), self.status(f"evaluating {name}"):
+                    values.update(metric.compute(self.sample, run))
         return values
 
 
