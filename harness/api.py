@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -45,28 +46,70 @@ class DataSpec:
     """What a backbone and the metrics need to know about a dataset."""
 
     shape: tuple[int, ...]
+    """Shape of one example: ``(d,)`` for flat data, ``(channels, height, width)`` for images."""
     num_classes: int | None = None
     """Number of true classes / modes, when known."""
     has_labels: bool = False
     modes: ModeSpec | None = None
+    domain: str | None = None
+    """What the data depicts, for domain-specific metrics: ``"digits"`` means every channel
+    holds one handwritten digit (MNIST, scikit-learn digits and their stacked variants)."""
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Model-range images in [-1, 1] -> uint8 in [0, 255] (the format of image datasets)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float32 in [-1, 1], the range generators produce."""
+    return images.float().div(127.5).sub(1)
+
+
+@dataclass(frozen=True)
+class DataLocation:
+    """Where file-backed datasets live (``--data-root``) and whether they may download."""
+
+    root: Path = Path("data")
+    download: bool = False
 
 
 class Dataset(Component, torch.utils.data.Dataset):
-    """An in-memory dataset: ``x`` (N, *shape) float tensor, ``y`` (N,) long tensor or None."""
+    """An in-memory dataset: ``x`` (N, *shape), ``y`` (N,) long tensor or None.
+
+    Flat data stores ``x`` as float. Images store ``x`` as uint8 (N, C, H, W) so that 100k
+    RGB images fit in memory; ``batch`` turns them into the float range G produces.
+    """
 
     x: torch.Tensor
     y: torch.Tensor | None
     spec: DataSpec
 
-    def __init__(self, options: Options, seed: int) -> None:
+    def __init__(
+        self, options: Options, seed: int, location: DataLocation | None = None
+    ) -> None:
         self.options = options
         self.seed = seed
+        self.location = location or DataLocation()
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.x[index], -1 if self.y is None else int(self.y[index])
+        return self.batch(torch.tensor([index]))[0], -1 if self.y is None else int(self.y[index])
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Examples at ``index`` as float in the networks' range ([-1, 1] for images)."""
+        x = self.x[index]
+        return from_uint8(x) if x.dtype == torch.uint8 else x
+
+    def heldout(self) -> torch.Tensor | None:
+        """Real examples kept out of training (same format as ``x``), or None if there are none."""
+        return None
 
 
 # ----------------------------------------------------------------------------- priors
@@ -154,7 +197,7 @@ class Models:
         try:
             return torch.cat(
                 [
-                    self.discriminator(self.dataset.x[chunk].to(self.device))[1]
+                    self.discriminator(self.dataset.batch(chunk).to(self.device))[1]
                     for chunk in index.split(self.batch_size)
                 ]
             )
@@ -233,7 +276,12 @@ Sampler = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Metric(Component, ABC):
-    """Computes named numbers about a trained run; names say the protocol."""
+    """Computes named numbers about a trained run; names say the protocol.
+
+    ``__init__`` raises ``MetricUnavailable`` when something the metric needs (pretrained
+    weights, data) is missing: a requested metric then fails before training starts, and a
+    default one is skipped with that message.
+    """
 
     def __init__(self, options: Options) -> None:
         self.options = options

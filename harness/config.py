@@ -21,7 +21,10 @@ COMPONENT_FIELDS = {
 }
 """Config field -> plugin family of the component it names."""
 
-NON_SCIENTIFIC = {"out", "device", "threads", "log_every", "checkpoint_every", "progress"}
+NON_SCIENTIFIC = {
+    "out", "device", "threads", "log_every", "checkpoint_every", "sample_every", "progress",
+    "data_root", "download",
+}
 """Fields that do not change a run's results: left out of its identity hash and grouping."""
 
 
@@ -56,12 +59,17 @@ class RunConfig(BaseModel):
     eval_samples: int = Field(default=50_000, ge=1)
 
     out: Path = Path("results")
+    data_root: Path = Field(
+        default=Path("data"), description="folder of file-backed datasets (MNIST, CIFAR-10, ...)"
+    )
+    download: bool = Field(default=False, description="let torchvision download missing data")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = Field(
         default=None, ge=1, description="torch CPU threads (1 per run for parallel runs)"
     )
     log_every: int = Field(default=100, ge=1)
     checkpoint_every: int = Field(default=1000, ge=1)
+    sample_every: int = Field(default=0, ge=0, description="steps between sample grids; 0: end")
     progress: bool = True
 
     @field_validator("betas")

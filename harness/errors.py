@@ -11,3 +11,7 @@ class PluginError(HarnessError):
 
 class ConfigError(HarnessError):
     """A run configuration or a component option is invalid."""
+
+
+class MetricUnavailable(ConfigError):
+    """A metric cannot run here (e.g. pretrained weights are missing); names the fix."""

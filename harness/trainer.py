@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from harness.api import (
     Backbone,
     BuildContext,
     Conditioner,
+    DataLocation,
     Dataset,
     Discriminator,
     Generator,
@@ -31,7 +33,7 @@ from harness.api import (
     Prior,
 )
 from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MetricUnavailable
 from harness.manager import PluginManager
 
 EVAL_BATCH = 10_000
@@ -102,7 +104,8 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    dataset = classes["dataset"](options["dataset"], config.seed)
+    location = DataLocation(config.data_root, config.download)
+    dataset = classes["dataset"](options["dataset"], config.seed, location)
     metrics = build_metrics(config, pm, dataset, resolved)
     context = BuildContext(dataset, config.prior, options["prior"], config.seed)
     conditioner = classes["cond"](options["cond"], context)
@@ -123,11 +126,11 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
 def build_metrics(
     config: RunConfig, pm: PluginManager, dataset: Dataset, resolved: dict[str, Any]
 ) -> dict[str, Metric]:
+    """The run's metrics. With no explicit list: every metric that supports the dataset,
+    skipping (with a warning) those that cannot run here, e.g. for lack of weights."""
     registry = pm.registry("metrics")
-    if config.metrics is None:
-        names = [n for n, e in registry.items() if e.load().supports(dataset.spec)]
-    else:
-        names = config.metrics
+    supported = [n for n, e in registry.items() if e.load().supports(dataset.spec)]
+    names = supported if config.metrics is None else config.metrics
     unknown_options = set(config.metric_options) - set(names)
     if unknown_options:
         raise ConfigError(
@@ -137,14 +140,19 @@ def build_metrics(
     metrics = {}
     for name in names:
         cls = pm.get("metrics", name).load()
-        if not cls.supports(dataset.spec):
-            supported = [n for n, e in registry.items() if e.load().supports(dataset.spec)]
+        if name not in supported:
             raise ConfigError(
                 f"metric {name!r} does not apply to dataset {config.dataset!r} "
                 f"(valid: {', '.join(supported)})"
             )
         opts = validate_options("metric", name, cls, config.metric_options.get(name, {}))
-        metrics[name] = cls(opts)
+        try:
+            metrics[name] = cls(opts)
+        except MetricUnavailable as exc:
+            if config.metrics is not None:
+                raise
+            print(f"warning: skipping metric {name!r}: {exc}", file=sys.stderr)
+            continue
         resolved.setdefault("metrics", {})[name] = opts.model_dump(mode="json")
     return metrics
 
@@ -177,10 +185,10 @@ class Trainer:
 
     def step(self) -> dict[str, torch.Tensor]:
         run, cfg = self.run, self.run.config
-        data = run.dataset.x
+        size = len(run.dataset)
         for _ in range(cfg.d_steps):
-            index = torch.randint(len(data), (cfg.batch_size,), generator=self.data_rng)
-            real = data[index].to(run.device, non_blocking=True)
+            index = torch.randint(size, (cfg.batch_size,), generator=self.data_rng)
+            real = run.dataset.batch(index).to(run.device, non_blocking=True)
             real_logits, features = run.discriminator(real)
             real_labels = run.net_labels(
                 run.conditioner.labels_for_real(index, features.detach())

@@ -65,5 +65,5 @@ class MixtureComponent(Conditioner):
         with warnings.catch_warnings():  # an unconverged classifier still gives a partition
             warnings.simplefilter("ignore", ConvergenceWarning)
             classifier.fit(fake.flatten(1).cpu().numpy(), labels.cpu().numpy())
-        real = models.dataset.x[index.cpu()].flatten(1).numpy()
+        real = models.dataset.batch(index.cpu()).flatten(1).numpy()
         return torch.as_tensor(classifier.predict(real).astype(np.int64))

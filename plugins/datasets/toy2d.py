@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import Field
 
-from harness.api import Dataset, DataSpec, ModeSpec, Options
+from harness.api import DataLocation, Dataset, DataSpec, ModeSpec, Options
 
 
 class MixtureOptions(Options):
@@ -20,8 +20,10 @@ class Mixture2D(Dataset):
 
     Options = MixtureOptions
 
-    def __init__(self, options: MixtureOptions, seed: int) -> None:
-        super().__init__(options, seed)
+    def __init__(
+        self, options: MixtureOptions, seed: int, location: DataLocation | None = None
+    ) -> None:
+        super().__init__(options, seed, location)
         centers = self.centers()
         generator = torch.Generator().manual_seed(seed)
         self.y = torch.randint(len(centers), (options.size,), generator=generator)
