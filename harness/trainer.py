@@ -73,10 +73,17 @@ class Run:
     discriminator: Discriminator
     device: torch.device
     resolved: dict[str, Any]
+    ema_generator: Generator | None = None
+    """Exponential moving average of G's weights (``--ema-decay``), used for evaluation."""
     directory: Path | None = None
     step: int = 0
     stop_requested: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def eval_generator(self) -> Generator:
+        """The generator samples and metrics use: the EMA copy when there is one."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
 
     @property
     def models(self) -> Models:
