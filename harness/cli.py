@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from harness import __version__, results
-from harness.config import RunConfig, load_toml, make_config, parse_assignments
+from harness.config import (
+    INCEPTION_WEIGHTS_ENV,
+    RunConfig,
+    load_toml,
+    make_config,
+    parse_assignments,
+)
 from harness.errors import HarnessError
 from harness.manager import get_plugin_manager
 
@@ -32,6 +39,11 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--threads": ("threads", int, "torch CPU threads (default: torch's choice)"),
     "--log-every": ("log_every", int, "steps between log.jsonl records (default: 100)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (default: 1000)"),
+    "--sample-every": ("sample_every", int, "steps between sample grids (default: 0, at the end)"),
+    "--eval-every": ("eval_every", int, "steps between evaluations (default: 0, at the end)"),
+    "--ema-decay": ("ema_decay", float, "evaluate an EMA of G's weights (e.g. 0.999)"),
+    "--ema-start": ("ema_start", int, "steps before the EMA starts averaging (default: 0)"),
+    "--data-root": ("data_root", Path, "folder of MNIST / CIFAR-10 / image data (default: data)"),
 }
 OPTION_FLAGS = ("prior", "cond", "backbone", "dataset", "loss")
 
@@ -61,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"option of the {name} plugin (repeatable)")
     run.add_argument("--metric-opt", action="append", default=[], metavar="METRIC.KEY=VALUE",
                      help="option of a metric plugin (repeatable)")
+    run.add_argument("--download", action="store_true",
+                     help="let torchvision download a missing dataset into --data-root")
+    run.add_argument("--inception-weights", type=Path, metavar="PATH",
+                     help="Inception weights file for fid_inception (default: "
+                     "$HARNESS_INCEPTION_WEIGHTS, else the torch hub cache)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue an interrupted run from its last checkpoint")
@@ -110,6 +127,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         values.setdefault("metric_options", {}).setdefault(metric, {})[option] = value
     if args.no_progress:
         values["progress"] = False
+    if args.download:
+        values["download"] = True
+    if args.inception_weights:
+        os.environ[INCEPTION_WEIGHTS_ENV] = str(args.inception_weights)
     return make_config(values)
 
 

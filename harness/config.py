@@ -27,6 +27,9 @@ NON_SCIENTIFIC = {
 }
 """Fields that do not change a run's results: left out of its identity hash and grouping."""
 
+INCEPTION_WEIGHTS_ENV = "HARNESS_INCEPTION_WEIGHTS"
+"""Environment variable (set by ``--inception-weights``) with the Inception weights file."""
+
 
 class RunConfig(BaseModel):
     """Everything that defines one run. Component options are validated by their plugins."""
@@ -57,6 +60,13 @@ class RunConfig(BaseModel):
     lr_d: float = Field(default=1e-4, gt=0)
     betas: tuple[float, float] = (0.8, 0.999)
     eval_samples: int = Field(default=50_000, ge=1)
+    ema_decay: float | None = Field(
+        default=None, ge=0, lt=1, description="EMA of G's weights for evaluation (e.g. 0.999)"
+    )
+    ema_start: int = Field(default=0, ge=0, description="steps before the EMA starts averaging")
+    eval_every: int = Field(
+        default=0, ge=0, description="steps between intermediate evaluations; 0: only at the end"
+    )
 
     out: Path = Path("results")
     data_root: Path = Field(

@@ -64,5 +64,10 @@ def harness_labels_updated(run: Run, step: int, changed_fraction: float) -> None
 
 
 @hookspec
+def harness_evaluated(run: Run, step: int, metrics: dict[str, float]) -> None:
+    """Metrics were computed at ``step`` (every ``--eval-every`` steps and at the end)."""
+
+
+@hookspec
 def harness_run_finished(run: Run, metrics: dict[str, float]) -> None:
     """Evaluation finished and metrics were written."""

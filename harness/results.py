@@ -21,8 +21,8 @@ import torch
 
 CONFIG, RUN, METRICS, LOG = "config.json", "run.json", "metrics.json", "log.jsonl"
 CHECKPOINT = Path("checkpoints") / "last.pt"
-TRACKED_PACKAGES = ("gan-harness", "torch", "numpy", "scipy", "scikit-learn", "pandas",
-                    "pluggy", "pydantic")
+TRACKED_PACKAGES = ("gan-harness", "torch", "torchvision", "torch-fidelity", "lpips", "numpy",
+                    "scipy", "scikit-learn", "pandas", "pluggy", "pydantic")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

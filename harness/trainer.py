@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import signal
 import sys
 import threading
@@ -84,6 +85,26 @@ class Run:
     def eval_generator(self) -> Generator:
         """The generator samples and metrics use: the EMA copy when there is one."""
         return self.ema_generator if self.ema_generator is not None else self.generator
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, seed: int) -> torch.Tensor:
+        """Samples of ``eval_generator`` in eval mode for ``labels``, z drawn with ``seed``.
+
+        Leaves the global RNG and the networks' training mode as they were, so observers
+        (sample grids) do not perturb training.
+        """
+        generator = self.eval_generator
+        was_training = generator.training
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            generator.eval()
+            try:
+                labels = labels.to(self.device)
+                z = self.prior.sample(len(labels), labels)
+                return generator(z, self.net_labels(labels)).cpu()
+            finally:
+                generator.train(was_training)
 
     @property
     def models(self) -> Models:
@@ -181,14 +202,31 @@ class Trainer:
         self.opt_d = torch.optim.Adam(run.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 4)
         self.label_rng = torch.Generator().manual_seed(cfg.seed + 5)
+        if cfg.ema_decay is not None and run.ema_generator is None:
+            run.ema_generator = copy.deepcopy(run.generator).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA of G's parameters (a plain copy before ``ema_start``); buffers are copied."""
+        run, cfg = self.run, self.run.config
+        ema = run.ema_generator
+        if ema is None or cfg.ema_decay is None:
+            return
+        weight = 1.0 - cfg.ema_decay if run.step >= cfg.ema_start else 1.0
+        for averaged, current in zip(ema.parameters(), run.generator.parameters(), strict=True):
+            averaged.lerp_(current, weight)
+        for averaged, current in zip(ema.buffers(), run.generator.buffers(), strict=True):
+            averaged.copy_(current)
 
     # ------------------------------------------------------------------ steps
-    def fake_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` generated samples and their labels y ~ P(c), z ~ p(z|y)."""
+    def fake_batch(
+        self, n: int, generator: Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples of ``generator`` (default: the trained G), y ~ P(c), z ~ p(z|y)."""
         run = self.run
         labels = run.conditioner.sample_labels(n, self.label_rng).to(run.device)
         z = run.prior.sample(n, labels)
-        return run.generator(z, run.net_labels(labels)), labels
+        return (generator or run.generator)(z, run.net_labels(labels)), labels
 
     def step(self) -> dict[str, torch.Tensor]:
         run, cfg = self.run, self.run.config
@@ -226,6 +264,7 @@ class Trainer:
             "generator": run.generator.state_dict(),
             "discriminator": run.discriminator.state_dict(),
             "prior": run.prior.state_dict(),
+            "ema": run.ema_generator.state_dict() if run.ema_generator is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "conditioner": run.conditioner.state_dict(),
@@ -241,6 +280,8 @@ class Trainer:
         run.generator.load_state_dict(state["generator"])
         run.discriminator.load_state_dict(state["discriminator"])
         run.prior.load_state_dict(state["prior"])
+        if run.ema_generator is not None:
+            run.ema_generator.load_state_dict(state["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         run.conditioner.load_state_dict(state["conditioner"])
@@ -291,6 +332,7 @@ class Trainer:
                 with self.timed("train_s"):
                     losses = self.step()
                     run.step += 1
+                    self.update_ema()
                     with self.timed("recluster_s"):
                         changed = run.conditioner.update(run.step, run.models)
                     if changed is not None:
@@ -300,6 +342,8 @@ class Trainer:
                     hook.harness_step_end(run=run, step=run.step, losses=losses)
                     advance(run.step, losses)
                 last = run.step == cfg.steps
+                if cfg.eval_every and run.step % cfg.eval_every == 0 and not last:
+                    hook.harness_evaluated(run=run, step=run.step, metrics=self.evaluate())
                 if run.stop_requested or last or run.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
                     if run.stop_requested:
@@ -345,22 +389,33 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` samples from G in eval mode, labels drawn from P(c)."""
+        """``n`` samples from the evaluation generator, labels drawn from P(c), on the CPU."""
         chunks = torch.arange(n).split(EVAL_BATCH)
-        xs, ys = zip(*(self.fake_batch(len(chunk)) for chunk in chunks), strict=True)
-        return torch.cat(xs).cpu(), torch.cat(ys).cpu()
+        batches = [self.fake_batch(len(chunk), self.run.eval_generator) for chunk in chunks]
+        xs, ys = zip(*((x.cpu(), y.cpu()) for x, y in batches), strict=True)
+        return torch.cat(xs), torch.cat(ys)
 
     def evaluate(self) -> dict[str, float]:
+        """Every metric, with fixed evaluation seeds; training state (RNG, modes) is untouched."""
         run = self.run
-        run.generator.eval()
-        run.discriminator.eval()
-        torch.manual_seed(run.config.seed + 10_000)
-        self.label_rng.manual_seed(run.config.seed + 10_001)
+        nets = (run.generator, run.discriminator, run.eval_generator)
+        modes = [net.training for net in nets]
+        label_state = self.label_rng.get_state()
+        devices = [run.device] if run.device.type == "cuda" else []
         values: dict[str, float] = {}
-        with self.timed("eval_s"):
-            for name, metric in run.metrics.items():
-                with self.timed(f"eval_{name}_s"), self.status(f"evaluating {name}"):
-                    values.update(metric.compute(self.sample, run))
+        with torch.random.fork_rng(devices=devices), self.timed("eval_s"):
+            torch.manual_seed(run.config.seed + 10_000)
+            self.label_rng.manual_seed(run.config.seed + 10_001)
+            for net in nets:
+                net.eval()
+            try:
+                for name, metric in run.metrics.items():
+                    with self.timed(f"eval_{name}_s"), self.status(f"evaluating {name}"):
+                        values.update(metric.compute(self.sample, run))
+            finally:
+                self.label_rng.set_state(label_state)
+                for net, mode in zip(nets, modes, strict=True):
+                    net.train(mode)
         return values
 
 
@@ -400,6 +455,7 @@ def execute(run: Run, resume: bool = False) -> dict[str, float]:
     results.atomic_write_json(
         directory / results.METRICS, {**metrics, "eval_samples": run.config.eval_samples}
     )
+    hook.harness_evaluated(run=run, step=run.step, metrics=metrics)
     run.timings["recluster_share"] = run.timings.get("recluster_s", 0.0) / max(
         run.timings["train_s"], 1e-9
     )

@@ -1,4 +1,4 @@
-"""Built-in logger: training losses and re-clustering events to ``<run>/log.jsonl``.
+"""Built-in logger: losses, re-clustering events and metrics to ``<run>/log.jsonl``.
 
 It uses only the public lifecycle hooks, as any third-party logger would.
 """
@@ -34,5 +34,5 @@ def harness_labels_updated(run: Run, step: int, changed_fraction: float) -> None
 
 
 @hookimpl
-def harness_run_finished(run: Run, metrics: dict[str, float]) -> None:
-    _append(run, {"step": run.step, "event": "finished", **metrics})
+def harness_evaluated(run: Run, step: int, metrics: dict[str, float]) -> None:
+    _append(run, {"step": step, "event": "evaluated", **metrics})
