@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import hookimpl
-from tests.conftest import FAST
+from tests.conftest import FAST, assert_resume_is_exact, only_run
 
 CONDITIONERS = {
     "none": [],
@@ -22,11 +21,6 @@ CONDITIONERS = {
     "gmm": ["--prior", "gmm", "--prior-opt", "num_components=4",
             "--cond-opt", "samples_per_component=100"],
 }
-
-
-def only_run(out: Path) -> Path:
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
-    return run_dir
 
 
 @pytest.mark.parametrize("cond", CONDITIONERS)
@@ -83,41 +77,10 @@ def test_config_file_and_rerun_from_config_json(cli, tmp_path):
     assert metrics[0] == metrics[1]
 
 
-class StopAt:
-    """A lifecycle plugin that asks the run to stop, as Ctrl-C does."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def harness_step_end(self, run, step, losses):
-        if step == self.step:
-            run.stop_requested = True
-
-
 def test_interrupt_then_resume_continues_exactly(cli, pm, tmp_path):
-    args = ["run", *CONDITIONERS["kmeans_d"], *FAST, "--steps", "40", "--checkpoint-every", "15"]
-    assert cli(*args, "--out", tmp_path / "straight").code == 0
-    pm.register(StopAt(25), name="stop-at-25")
-    try:
-        stopped = cli(*args, "--out", tmp_path / "resumed")
-    finally:
-        pm.unregister("stop-at-25")
-    assert stopped.code == 130 and "--resume" in stopped.err
-    run_dir = only_run(tmp_path / "resumed")
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
-    assert not (run_dir / "metrics.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == 25
-    assert cli("run", "--resume", run_dir, "--no-progress").code == 0
-    straight = only_run(tmp_path / "straight")
-    for name in ("metrics.json",):
-        assert (run_dir / name).read_text() == (straight / name).read_text()
-    a, b = (
-        torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (run_dir, straight)
-    )
-    for key in a["generator"]:
-        assert torch.equal(a["generator"][key], b["generator"][key]), key
-    assert cli("run", "--resume", run_dir).code == 2  # already finished
+    args = ["run", *CONDITIONERS["kmeans_d"], *FAST, "--steps", "40", "--checkpoint-every", "15",
+            "--ema-decay", "0.9", "--eval-every", "20"]
+    assert_resume_is_exact(cli, pm, tmp_path, args, stop_at=25)
 
 
 def test_leaderboard_groups_seeds_and_writes_csv(cli, tmp_path):
