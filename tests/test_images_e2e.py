@@ -11,13 +11,13 @@ IMAGE_RUN = [
     "--cond-opt", "n_init=2", "--cond-opt", "recluster_every=10",
     "--batch-size", "32", "--steps", "20", "--eval-samples", "1000", "--no-progress",
     "--log-every", "5", "--threads", "1",
-    "--metrics", "fid_digits,stacked_modes,cluster_agreement",
-    "--metric-opt", "fid_digits.samples=500",
 ]
 
 
 def test_stacked_digits_run_writes_metrics_grids_and_curves(cli, tmp_path):
-    result = cli(*IMAGE_RUN, "--sample-every", "10", "--ema-decay", "0.9", "--out", tmp_path)
+    result = cli(*IMAGE_RUN, "--metrics", "fid_digits,stacked_modes,cluster_agreement",
+                 "--metric-opt", "fid_digits.samples=500", "--sample-every", "10",
+                 "--ema-decay", "0.9", "--out", tmp_path)
     assert result.code == 0, result.err
     run_dir = only_run(tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())

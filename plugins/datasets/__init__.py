@@ -8,4 +8,10 @@ def harness_datasets() -> dict[str, str]:
     return {
         "ring": "harness_plugins.datasets.toy2d:Ring",
         "grid": "harness_plugins.datasets.toy2d:Grid",
+        "digits": "harness_plugins.datasets.images:Digits",
+        "stacked_digits": "harness_plugins.datasets.images:StackedDigits",
+        "mnist": "harness_plugins.datasets.files:MNIST",
+        "stacked_mnist": "harness_plugins.datasets.files:StackedMNIST",
+        "cifar10": "harness_plugins.datasets.files:CIFAR10",
+        "image_folder": "harness_plugins.datasets.files:ImageFolder",
     }
