@@ -8,4 +8,7 @@ def harness_metrics() -> dict[str, str]:
     return {
         "modes_2d": "harness_plugins.metrics.modes:Modes2D",
         "cluster_agreement": "harness_plugins.metrics.clusters:ClusterAgreement",
+        "fid_digits": "harness_plugins.metrics.fidelity:DigitsFidelity",
+        "fid_inception": "harness_plugins.metrics.fidelity:InceptionFidelity",
+        "stacked_modes": "harness_plugins.metrics.stacked:StackedModes",
     }

@@ -1,0 +1,211 @@
+"""A small CNN that reads one handwritten digit per image channel.
+
+It is the feature extractor of ``fid_digits`` and the classifier of ``stacked_modes``.
+Trained once, deterministically, on MNIST when its files are under the data root, else on
+scikit-learn's bundled digits (offline), and cached in the user cache directory
+(``$HARNESS_CACHE_DIR``, else ``~/.cache/gan-harness``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import MetricUnavailable
+from harness.results import atomic_write_bytes
+
+Source = Literal["auto", "digits", "mnist"]
+SIZE = 32
+CACHE_ENV = "HARNESS_CACHE_DIR"
+VERSION = 1
+"""Bump when the architecture or the training code changes: it invalidates cached weights."""
+MNIST_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training hyper-parameters (part of the cache key)."""
+
+    epochs: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_shift: int = 3
+    """Random translation of training images, in pixels (both axes)."""
+    heldout: float = 0.2
+    """Fraction of scikit-learn digits kept for the accuracy figure (MNIST: its test set)."""
+    seed: int = 0
+
+
+RECIPES: dict[str, Recipe] = {"digits": Recipe(epochs=20), "mnist": Recipe(epochs=3)}
+
+
+class DigitClassifier(nn.Module):
+    """(n, 1, 32, 32) float in [0, 1] -> (penultimate features (n, 128), logits (n, 10))."""
+
+    feature_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.AvgPool2d(2),  # 16x16 keeps what the 32x32 digits hold, at a quarter of the cost
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64 * 4 * 4, self.feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(self.feature_dim, 10))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return features, self.head(features)
+
+
+def prepare(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 1, H, W) -> float (n, 1, 32, 32) in [0, 1], the classifier's input."""
+    x = images.float() / 255
+    if x.shape[-2:] != (SIZE, SIZE):
+        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return x
+
+
+@torch.no_grad()
+def classify_channels(
+    model: DigitClassifier, images: torch.Tensor, device: torch.device, batch_size: int = 4096
+) -> torch.Tensor:
+    """The digit (n, C) in every channel of uint8 images (n, C, H, W); ``model`` in eval mode."""
+    n, c = images.shape[:2]
+    single = images.reshape(n * c, 1, *images.shape[2:])
+    digits = [
+        model(prepare(chunk.to(device)))[1].argmax(1).cpu() for chunk in single.split(batch_size)
+    ]
+    return torch.cat(digits).reshape(n, c)
+
+
+# ----------------------------------------------------------------------------- data
+def mnist_available(data_root: Path) -> bool:
+    """Whether torchvision's extracted MNIST files are under ``data_root/MNIST/raw``."""
+    return all((data_root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES)
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (MNIST's format) as a uint8 tensor."""
+    data = path.read_bytes()
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
+    values = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    return torch.from_numpy(values.copy())
+
+
+def load_mnist(data_root: Path) -> tuple[torch.Tensor, ...]:
+    """MNIST train and test images, uint8 (n, 1, 32, 32) (bilinear from 28x28), and labels."""
+    raw = data_root / "MNIST" / "raw"
+    if not mnist_available(data_root):
+        raise MetricUnavailable(
+            f"digit classifier source 'mnist': MNIST files ({', '.join(MNIST_FILES)}) "
+            f"not found in {raw}"
+        )
+    out = []
+    for split in ("train", "t10k"):
+        images = read_idx(raw / f"{split}-images-idx3-ubyte").unsqueeze(1)
+        large = F.interpolate(images.float(), size=(SIZE, SIZE), mode="bilinear")
+        out += [large.round().clamp(0, 255).to(torch.uint8),
+                read_idx(raw / f"{split}-labels-idx1-ubyte").long()]
+    return tuple(out)
+
+
+def load_digits_split(recipe: Recipe) -> tuple[torch.Tensor, ...]:
+    """scikit-learn digits 32x32, split at random (seeded) into train and held-out parts."""
+    from harness_plugins.datasets.digits import load_digits_32
+
+    images, labels = load_digits_32()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(recipe.seed))
+    cut = len(images) - round(recipe.heldout * len(images))
+    train, test = order[:cut], order[cut:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+# ----------------------------------------------------------------------------- training
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image of (n, 1, H, W) by its own random whole-pixel offset (zero fill)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, [max_shift] * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1, 1), generator=generator)
+    rows = torch.arange(h).view(1, h, 1) + dy
+    cols = torch.arange(w).view(1, 1, w) + dx
+    return padded[torch.arange(n).view(n, 1, 1), 0, rows, cols].unsqueeze(1)
+
+
+def train_classifier(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+    recipe: Recipe,
+) -> tuple[DigitClassifier, float]:
+    """Train on uint8 images (CPU, seeded, global RNG untouched); return (model, test accuracy)."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = DigitClassifier()
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        x = prepare(train_x)
+        for _ in range(recipe.epochs):
+            for index in torch.randperm(len(x), generator=generator).split(recipe.batch_size):
+                logits = model(random_shift(x[index], recipe.max_shift, generator))[1]
+                loss = F.cross_entropy(logits, train_y[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    model.eval().requires_grad_(False)
+    predicted = classify_channels(model, test_x, torch.device("cpu"))[:, 0]
+    return model, float((predicted == test_y).double().mean())
+
+
+# ----------------------------------------------------------------------------- cache
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gan-harness")
+
+
+def resolve_source(source: Source, data_root: Path | None) -> Literal["digits", "mnist"]:
+    """``auto``: MNIST when its files are under ``data_root``, else scikit-learn digits."""
+    if source == "auto":
+        return "mnist" if data_root is not None and mnist_available(data_root) else "digits"
+    return source
+
+
+def classifier_path(source: Source = "auto", data_root: Path | None = None) -> Path:
+    """The cached classifier file for ``source``, trained and written (atomically) if missing."""
+    concrete = resolve_source(source, data_root)
+    recipe = RECIPES[concrete]
+    key = json.dumps({"version": VERSION, "source": concrete, **asdict(recipe)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = cache_dir() / f"digit-classifier-{concrete}-{digest}.pt"
+    if not path.is_file():
+        if concrete == "mnist":
+            assert data_root is not None
+            data = load_mnist(data_root)
+        else:
+            data = load_digits_split(recipe)
+        model, accuracy = train_classifier(*data, recipe)
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "accuracy": accuracy, "source": concrete}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_classifier(path: Path) -> tuple[DigitClassifier, float]:
+    """A cached classifier (eval mode, no grad) and its held-out accuracy."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = DigitClassifier()
+    model.load_state_dict(state["model"])
+    return model.eval().requires_grad_(False), float(state["accuracy"])

@@ -1,0 +1,194 @@
+"""Image metrics: the digit classifier, fid_digits / fid_inception and stacked_modes."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from harness.api import DataSpec, from_uint8
+from harness.errors import MetricUnavailable
+from harness.manager import PluginManager
+from harness_plugins.datasets.digits import load_digits_32
+from harness_plugins.metrics import digit_classifier as dc
+from harness_plugins.metrics.fidelity import (
+    DigitsFidelity,
+    InceptionFidelity,
+    count_name,
+    joint_log_probs,
+    register_digits_extractor,
+)
+from harness_plugins.metrics.stacked import StackedModes
+
+DIGITS = DataSpec(shape=(1, 32, 32), num_classes=10, has_labels=True, domain="digits")
+STACKED = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain="digits")
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The scikit-learn-digits classifier, trained once into a temporary cache directory."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(dc.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        yield dc.classifier_path("digits")
+
+
+def make_run(x: torch.Tensor, spec: DataSpec, data_root: Path, eval_samples: int = 1000):
+    return SimpleNamespace(
+        dataset=SimpleNamespace(x=x, y=None, spec=spec),
+        config=SimpleNamespace(eval_samples=eval_samples, seed=0, data_root=data_root),
+        device=torch.device("cpu"),
+    )
+
+
+def sampler(images: torch.Tensor):
+    """sample(n): the first n of ``images`` (uint8) in the generator's range."""
+    return lambda n: (from_uint8(images[:n]), torch.zeros(n, dtype=torch.long))
+
+
+def stacked_triples(n: int, seed: int = 0) -> torch.Tensor:
+    """n images (3, 32, 32) of three random scikit-learn digits each."""
+    images, _ = load_digits_32()
+    index = torch.randint(len(images), (n, 3), generator=torch.Generator().manual_seed(seed))
+    return images[index].squeeze(2)
+
+
+# ----------------------------------------------------------------------------- classifier
+def test_classifier_accurate_and_cached(
+    classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, accuracy = dc.load_classifier(classifier)
+    assert accuracy >= 0.95
+    assert not model.training
+    assert classifier.parent == Path(dc.cache_dir()) and "digits" in classifier.name
+    mtime = classifier.stat().st_mtime_ns
+
+    def no_training(*args: object) -> None:
+        raise AssertionError("retrained although the cached file exists")
+
+    monkeypatch.setattr(dc, "train_classifier", no_training)
+    assert dc.classifier_path("digits") == classifier
+    assert dc.classifier_path("auto", tmp_path) == classifier  # no MNIST there: digits
+    assert classifier.stat().st_mtime_ns == mtime
+
+
+def test_training_is_seeded_and_leaves_global_rng_alone() -> None:
+    images, labels = load_digits_32()
+    recipe = dc.Recipe(epochs=1)
+    state = torch.get_rng_state()
+    first, _ = dc.train_classifier(images[:64], labels[:64], images[64:96], labels[64:96], recipe)
+    assert torch.equal(torch.get_rng_state(), state)
+    second, _ = dc.train_classifier(images[:64], labels[:64], images[64:96], labels[64:96], recipe)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def write_idx(path: Path, data: torch.Tensor) -> None:
+    header = bytes([0, 0, 8, data.dim()]) + struct.pack(f">{data.dim()}I", *data.shape)
+    path.write_bytes(header + data.to(torch.uint8).numpy().tobytes())
+
+
+def test_auto_source_uses_mnist_files_when_present(classifier: Path, tmp_path: Path) -> None:
+    images, labels = load_digits_32()
+    small = torch.nn.functional.interpolate(images[:80].float(), size=(28, 28)).squeeze(1)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, part in (("train", slice(0, 60)), ("t10k", slice(60, 80))):
+        write_idx(raw / f"{split}-images-idx3-ubyte", small[part])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels[part])
+    assert dc.resolve_source("auto", tmp_path) == "mnist"
+    train_x, train_y, test_x, test_y = dc.load_mnist(tmp_path)
+    assert train_x.shape == (60, 1, 32, 32) and train_x.dtype == torch.uint8
+    assert torch.equal(test_y, labels[60:80])
+    path = dc.classifier_path("auto", tmp_path)
+    assert "mnist" in path.name and path != classifier
+    with pytest.raises(MetricUnavailable, match="MNIST files"):
+        dc.load_mnist(tmp_path / "elsewhere")
+
+
+# ----------------------------------------------------------------------------- torch-fidelity
+def test_count_names_and_joint_log_probs() -> None:
+    assert [count_name(n) for n in (10_000, 50_000, 500, 898)] == ["10k", "50k", "500", "898"]
+    logits = torch.full((1, 3, 10), -30.0)
+    logits[0, 0, 4], logits[0, 1, 0], logits[0, 2, 7] = 30.0, 30.0, 30.0
+    joint = joint_log_probs(logits)
+    assert joint.shape == (1, 1000) and joint.exp().sum().item() == pytest.approx(1.0)
+    assert joint.argmax().item() == 407
+
+
+def test_extractor_concatenates_channels(classifier: Path) -> None:
+    cls = register_digits_extractor()
+    assert register_digits_extractor() is cls
+    extractor = cls("digits-cnn", ["features", "logits"], str(classifier))
+    features, logits = extractor(stacked_triples(4))
+    assert features.shape == (4, 3 * dc.DigitClassifier.feature_dim) and logits.shape == (4, 1000)
+
+
+def test_fid_digits_real_vs_real_small_noise_large(classifier: Path, tmp_path: Path) -> None:
+    images, _ = load_digits_32()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    half_a, half_b = images[order[:898]], images[order[898:]]
+    run = make_run(half_a, DIGITS, tmp_path)
+    options = DigitsFidelity.Options(samples=800, kid_subsets=20, kid_subset_size=400)
+    metric = DigitsFidelity(options)
+    real = metric.compute(sampler(half_b), run)
+    assert set(real) == {
+        f"{name}_digits_800{std}"
+        for name, std in [("fid", ""), ("kid", ""), ("kid", "_std"), ("is", ""), ("is", "_std"),
+                          ("precision", ""), ("recall", "")]
+    }
+    noise = torch.randint(0, 256, (800, 1, 32, 32), dtype=torch.uint8)
+    fake = metric.compute(sampler(noise), run)
+    collapsed = metric.compute(sampler(half_b[:1].expand(800, -1, -1, -1)), run)
+    assert fake["fid_digits_800"] > 20 * real["fid_digits_800"]
+    assert collapsed["fid_digits_800"] > 5 * real["fid_digits_800"]
+    assert fake["kid_digits_800"] > 20 * abs(real["kid_digits_800"])
+    assert real["is_digits_800"] > 7 and collapsed["is_digits_800"] < 1.01
+    assert real["precision_digits_800"] > 0.5 and real["recall_digits_800"] > 0.5
+    assert collapsed["recall_digits_800"] < 0.1
+    only = DigitsFidelity(DigitsFidelity.Options(samples=800, metrics=["fid"]))
+    assert only.compute(sampler(half_b), run) == {"fid_digits_800": real["fid_digits_800"]}
+
+
+def test_fid_inception_needs_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("HARNESS_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(MetricUnavailable, match="--inception-weights PATH") as info:
+        InceptionFidelity(InceptionFidelity.Options())
+    assert str(tmp_path / "hub" / "checkpoints") in str(info.value)
+    assert "\n" not in str(info.value)
+    monkeypatch.setenv("HARNESS_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
+    with pytest.raises(MetricUnavailable, match="missing.pth"):
+        InceptionFidelity(InceptionFidelity.Options())
+    weights = tmp_path / "inception.pth"
+    weights.touch()
+    monkeypatch.setenv("HARNESS_INCEPTION_WEIGHTS", str(weights))
+    assert InceptionFidelity(InceptionFidelity.Options()).options.weights == weights.resolve()
+
+
+def test_supports_and_registration(pm: PluginManager) -> None:
+    flat, rgb = DataSpec(shape=(2,)), DataSpec(shape=(3, 32, 32))
+    for name, expected in [
+        ("fid_digits", (False, False, True, True)),
+        ("fid_inception", (False, True, True, True)),
+        ("stacked_modes", (False, False, True, True)),
+    ]:
+        cls = pm.get("metrics", name).load()
+        assert tuple(cls.supports(s) for s in (flat, rgb, DIGITS, STACKED)) == expected
+
+
+# ----------------------------------------------------------------------------- stacked modes
+def test_stacked_modes_real_vs_collapsed(classifier: Path, tmp_path: Path) -> None:
+    triples = stacked_triples(8000)
+    run = make_run(triples, STACKED, tmp_path, eval_samples=8000)
+    metric = StackedModes(StackedModes.Options())
+    real = metric.compute(sampler(triples), run)
+    assert real["modes"] >= 990 and real["rkl"] < 0.15
+    assert real["classifier_acc"] >= 0.95
+    run.config.eval_samples = 500
+    collapsed = metric.compute(sampler(triples[:1].expand(500, -1, -1, -1)), run)
+    assert collapsed["modes"] == 1 and collapsed["rkl"] == pytest.approx(math.log(1000))
