@@ -283,6 +283,9 @@ class Metric(Component, ABC):
     default one is skipped with that message.
     """
 
+    default: ClassVar[bool] = True
+    """Whether runs without ``--metrics`` include it (False for costly, opt-in metrics)."""
+
     def __init__(self, options: Options) -> None:
         self.options = options
 

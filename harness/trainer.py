@@ -154,11 +154,15 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
 def build_metrics(
     config: RunConfig, pm: PluginManager, dataset: Dataset, resolved: dict[str, Any]
 ) -> dict[str, Metric]:
-    """The run's metrics. With no explicit list: every metric that supports the dataset,
-    skipping (with a warning) those that cannot run here, e.g. for lack of weights."""
+    """The run's metrics. With no explicit list: every default metric that supports the
+    dataset, skipping (with a warning) those that cannot run here, e.g. for lack of weights."""
     registry = pm.registry("metrics")
-    supported = [n for n, e in registry.items() if e.load().supports(dataset.spec)]
-    names = supported if config.metrics is None else config.metrics
+    classes = {name: entry.load() for name, entry in registry.items()}
+    supported = [n for n, cls in classes.items() if cls.supports(dataset.spec)]
+    if config.metrics is None:
+        names = [n for n in supported if classes[n].default]
+    else:
+        names = config.metrics
     unknown_options = set(config.metric_options) - set(names)
     if unknown_options:
         raise ConfigError(
@@ -167,7 +171,7 @@ def build_metrics(
         )
     metrics = {}
     for name in names:
-        cls = pm.get("metrics", name).load()
+        cls = pm.get("metrics", name).load()  # an unknown name: error with the choices
         if name not in supported:
             raise ConfigError(
                 f"metric {name!r} does not apply to dataset {config.dataset!r} "

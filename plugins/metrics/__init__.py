@@ -11,4 +11,5 @@ def harness_metrics() -> dict[str, str]:
         "fid_digits": "harness_plugins.metrics.fidelity:DigitsFidelity",
         "fid_inception": "harness_plugins.metrics.fidelity:InceptionFidelity",
         "stacked_modes": "harness_plugins.metrics.stacked:StackedModes",
+        "lpips_recon": "harness_plugins.metrics.reconstruction:LPIPSReconstruction",
     }
