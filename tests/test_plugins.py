@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILT_INS = {
     "priors": {"gaussian", "uniform", "gmm"},
     "conditioners": {"none", "random", "ground_truth", "kmeans_d", "online_kmeans", "gmm"},
-    "backbones": {"mlp"},
+    "backbones": {"mlp", "dcgan", "resnet", "biggan"},
     "datasets": {"ring", "grid", "digits", "stacked_digits", "mnist", "stacked_mnist", "cifar10",
                  "image_folder"},
     "metrics": {"modes_2d", "cluster_agreement"},
