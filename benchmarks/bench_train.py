@@ -1,18 +1,21 @@
-"""Training-loop overhead: ms/step of the harness's ``Trainer.train`` vs. a bare PyTorch loop.
+"""Training-loop overhead: the harness's ``Trainer.train`` vs. a bare PyTorch loop.
 
-Both sides train the same MLP G / maxout D (plugins/backbones/mlp.py), started from the same
-weights, on the same ring data with the same batch, Adam settings, non-saturating loss and
-label lookup. The harness side is built exactly as ``harness run`` builds it (plugins,
+Both sides train the same networks, started from the same weights, on the same data with the
+same batch, Adam settings, non-saturating loss and label lookup: ``--backbone mlp`` on the
+2-D ring (batch 100), or ``--backbone dcgan`` on stacked digits (3x32x32, batch 64, reported
+also as images/s). The harness side is built exactly as ``harness run`` builds it (plugins,
 hooks, conditioner; no run directory, no progress bar); the bare side is a plain loop over
-tensors. A few lock-step steps first check that both compute the same losses; then blocks of
-steps alternate between the two sides and the per-block ms/step are compared.
+tensors with copies of the same G and D. A few lock-step steps first check that both compute
+the same losses; then blocks of steps alternate between the two sides and the per-block
+ms/step are compared.
 
-    .venv/bin/python benchmarks/bench_train.py [--rounds 20] [--block 25] [--threads N]
+    .venv/bin/python benchmarks/bench_train.py [--backbone dcgan] [--rounds 20] [--block 25]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -27,18 +30,21 @@ from harness.config import make_config
 from harness.manager import get_plugin_manager
 from harness.results import atomic_write_json, environment
 from harness.trainer import Run, Trainer, build_run
-from harness_plugins.backbones.mlp import MLPDiscriminator, MLPGenerator, MLPOptions
 
-BATCH = 100
 LR = 1e-4
 BETAS = (0.8, 0.999)
 SEED = 0
 CHECK_STEPS = 3
-CONFIG = {
-    "prior": "gaussian", "cond": "kmeans_d", "backbone": "mlp", "dataset": "ring",
-    "loss": "bce", "seed": SEED, "steps": 1, "batch_size": BATCH, "lr_g": LR, "lr_d": LR,
-    "betas": BETAS, "progress": False,
+COMMON = {
+    "prior": "gaussian", "cond": "kmeans_d", "loss": "bce", "seed": SEED, "steps": 1,
+    "lr_g": LR, "lr_d": LR, "betas": BETAS, "progress": False,
     "cond_options": {"subset": 2000, "n_init": 1, "recluster_every": 0},
+}
+CONFIGS = {
+    "mlp": {**COMMON, "backbone": "mlp", "dataset": "ring", "batch_size": 100},
+    "dcgan": {**COMMON, "backbone": "dcgan", "dataset": "stacked_digits", "batch_size": 64,
+              "dataset_options": {"size": 10_000}, "cond_options": {**COMMON["cond_options"],
+                                                                    "k": 10}},
 }
 
 
@@ -46,28 +52,30 @@ class BareLoop:
     """``Trainer.step``'s math on plain tensors: no plugins, hooks, conditioner or config."""
 
     def __init__(self, run: Run) -> None:
-        k = run.conditioner.num_classes
-        opts = MLPOptions.model_validate(run.resolved["backbone"]["options"])
+        self.batch = run.config.batch_size
         self.z_dim = run.resolved["z_dim"]
-        self.g = MLPGenerator(self.z_dim, k, run.dataset.x.shape[1], opts)
-        self.d = MLPDiscriminator(run.dataset.x.shape[1], k, opts)
-        self.g.load_state_dict(run.generator.state_dict())
-        self.d.load_state_dict(run.discriminator.state_dict())
+        self.g = copy.deepcopy(run.generator)  # same classes and initial weights
+        self.d = copy.deepcopy(run.discriminator)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR, betas=BETAS)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR, betas=BETAS)
-        self.data = run.dataset.x.clone()
+        self.data = run.dataset.x.clone()  # uint8 for images, float for 2-D points
         self.labels = run.conditioner.labels.clone()  # fixed label of every real example
         self.weights = run.conditioner.class_weights().clone()  # P(c) for fake labels
         self.data_rng = torch.Generator().manual_seed(SEED + 4)  # as Trainer's
         self.label_rng = torch.Generator().manual_seed(SEED + 5)
 
     def fake(self) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.multinomial(self.weights, BATCH, replacement=True, generator=self.label_rng)
-        return self.g(torch.randn(BATCH, self.z_dim), labels), labels
+        n = self.batch
+        labels = torch.multinomial(self.weights, n, replacement=True, generator=self.label_rng)
+        return self.g(torch.randn(n, self.z_dim), labels), labels
+
+    def real(self, index: torch.Tensor) -> torch.Tensor:
+        x = self.data[index]
+        return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x
 
     def step(self) -> dict[str, torch.Tensor]:
-        index = torch.randint(len(self.data), (BATCH,), generator=self.data_rng)
-        real_logits, _ = self.d(self.data[index])
+        index = torch.randint(len(self.data), (self.batch,), generator=self.data_rng)
+        real_logits, _ = self.d(self.real(index))
         with torch.no_grad():
             fake, fake_labels = self.fake()
         fake_logits, _ = self.d(fake)
@@ -92,9 +100,9 @@ class BareLoop:
             self.step()
 
 
-def harness_trainer() -> Trainer:
+def harness_trainer(backbone: str) -> Trainer:
     """A Trainer built as ``harness run`` builds it, with its conditioner set up."""
-    run = build_run(make_config(CONFIG), get_plugin_manager())
+    run = build_run(make_config(CONFIGS[backbone]), get_plugin_manager())
     trainer = Trainer(run)
     trainer.setup()
     return trainer
@@ -126,6 +134,8 @@ def ms_per_step(train: Callable[[int], None], steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", choices=sorted(CONFIGS), default="mlp",
+                        help="mlp on the 2-D ring, or dcgan on stacked digits")
     parser.add_argument("--rounds", type=int, default=20, help="alternating blocks per side")
     parser.add_argument("--block", type=int, default=25, help="steps per block")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps per side first")
@@ -137,7 +147,8 @@ def main() -> None:
     torch.manual_seed(SEED)
     load_start = os.getloadavg()
 
-    trainer = harness_trainer()
+    trainer = harness_trainer(args.backbone)
+    batch = trainer.run.config.batch_size
     bare = BareLoop(trainer.run)
     difference = max_loss_difference(trainer, bare)
     sides: dict[str, Callable[[int], None]] = {
@@ -154,7 +165,9 @@ def main() -> None:
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     results: dict[str, Any] = {
         "benchmark": "train", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "threads": torch.get_num_threads(), "batch_size": BATCH, "rounds": args.rounds,
+        "backbone": args.backbone, "threads": torch.get_num_threads(), "batch_size": batch,
+        "images_per_s": {name: 1000 * batch / ms for name, ms in medians.items()},
+        "rounds": args.rounds,
         "block": args.block, "warmup": args.warmup, "ms_per_step": times,
         "median_ms_per_step": medians, "ratio_paired_median": statistics.median(paired),
         "ratio_paired": paired, "ratio_of_medians": medians["harness"] / medians["bare"],
@@ -162,12 +175,13 @@ def main() -> None:
         "loadavg": {"start": load_start, "end": os.getloadavg()},
     }
 
-    print(f"bench_train: torch {torch.__version__}, {results['threads']} thread(s), "
-          f"batch {BATCH}, {args.rounds} rounds x {args.block} steps per side")
+    print(f"bench_train: {args.backbone}, torch {torch.__version__}, {results['threads']} "
+          f"thread(s), batch {batch}, {args.rounds} rounds x {args.block} steps per side")
     print(f"same math: max |loss difference| over {CHECK_STEPS} lock-step steps = {difference:.2e}")
-    print(f"{'side':<8} {'median':>8} {'min':>8} {'max':>8}  ms/step")
+    print(f"{'side':<8} {'median':>8} {'min':>8} {'max':>8}  ms/step  {'samples/s':>9}")
     for name, ts in times.items():
-        print(f"{name:<8} {medians[name]:8.3f} {min(ts):8.3f} {max(ts):8.3f}")
+        print(f"{name:<8} {medians[name]:8.3f} {min(ts):8.3f} {max(ts):8.3f}  "
+              f"        {results['images_per_s'][name]:9.1f}")
     print(f"harness/bare: paired median {results['ratio_paired_median']:.3f} "
           f"(rounds {min(paired):.3f}..{max(paired):.3f}), "
           f"ratio of medians {results['ratio_of_medians']:.3f}")
