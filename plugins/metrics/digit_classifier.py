@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.api import DataLocation
 from harness.errors import MetricUnavailable
 from harness.results import atomic_write_bytes
 
@@ -33,6 +33,7 @@ MNIST_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
 )
+"""torchvision's extracted MNIST files (checked without importing torchvision)."""
 
 
 @dataclass(frozen=True)
@@ -100,30 +101,19 @@ def mnist_available(data_root: Path) -> bool:
     return all((data_root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES)
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file (MNIST's format) as a uint8 tensor."""
-    data = path.read_bytes()
-    ndim = data[3]
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
-    values = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    return torch.from_numpy(values.copy())
-
-
 def load_mnist(data_root: Path) -> tuple[torch.Tensor, ...]:
-    """MNIST train and test images, uint8 (n, 1, 32, 32) (bilinear from 28x28), and labels."""
-    raw = data_root / "MNIST" / "raw"
+    """MNIST train and test images, uint8 (n, 1, 32, 32), and labels: the ``mnist`` dataset's
+    own loader, so the classifier sees digits exactly as the GAN's training data shows them."""
+    from harness_plugins.datasets.files import load_mnist_32
+
     if not mnist_available(data_root):
         raise MetricUnavailable(
             f"digit classifier source 'mnist': MNIST files ({', '.join(MNIST_FILES)}) "
-            f"not found in {raw}"
+            f"not found in {data_root / 'MNIST' / 'raw'}"
         )
-    out = []
-    for split in ("train", "t10k"):
-        images = read_idx(raw / f"{split}-images-idx3-ubyte").unsqueeze(1)
-        large = F.interpolate(images.float(), size=(SIZE, SIZE), mode="bilinear")
-        out += [large.round().clamp(0, 255).to(torch.uint8),
-                read_idx(raw / f"{split}-labels-idx1-ubyte").long()]
-    return tuple(out)
+    location = DataLocation(data_root, download=False)
+    return (*load_mnist_32("mnist", location, train=True),
+            *load_mnist_32("mnist", location, train=False))
 
 
 def load_digits_split(recipe: Recipe) -> tuple[torch.Tensor, ...]:
