@@ -110,8 +110,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             values = load_toml(args.config)
     for flag, (field, _, _) in RUN_FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            values[field] = value
+        if value is None:
+            continue
+        if field in OPTION_FLAGS and values.get(field, value) != value:
+            # the file's options belong to the plugin it named, not to this one
+            dropped = values.pop(f"{field}_options", None)
+            if dropped:
+                print(f"note: {flag} {value} replaces {values[field]!r} of {args.config}; "
+                      f"its {field}_options are not used", file=sys.stderr)
+        values[field] = value
     if args.metrics is not None:
         values["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
     for name in OPTION_FLAGS:

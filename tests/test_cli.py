@@ -75,6 +75,9 @@ def test_config_file_and_rerun_from_config_json(cli, tmp_path):
     assert again.code == 0
     metrics = [json.loads((only_run(tmp_path / x) / "metrics.json").read_text()) for x in "ab"]
     assert metrics[0] == metrics[1]
+    other = cli("run", "--config", toml, "--cond", "none", "--no-progress", "--out", tmp_path / "c")
+    assert other.code == 0, other.err  # the file's cond_options belonged to 'random'
+    assert "cond_options are not used" in other.err
 
 
 def test_interrupt_then_resume_continues_exactly(cli, pm, tmp_path):
