@@ -88,6 +88,8 @@ class Dataset(Component, torch.utils.data.Dataset):
     x: torch.Tensor
     y: torch.Tensor | None
     spec: DataSpec
+    x_heldout: torch.Tensor | None = None
+    """Real examples kept out of training, in the format of ``x`` (e.g. a test split)."""
 
     def __init__(
         self, options: Options, seed: int, location: DataLocation | None = None
@@ -109,7 +111,7 @@ class Dataset(Component, torch.utils.data.Dataset):
 
     def heldout(self) -> torch.Tensor | None:
         """Real examples kept out of training (same format as ``x``), or None if there are none."""
-        return None
+        return self.x_heldout
 
 
 # ----------------------------------------------------------------------------- priors

@@ -102,11 +102,8 @@ class MNIST(Dataset):
     def __init__(self, options: Options, seed: int, location: DataLocation | None = None) -> None:
         super().__init__(options, seed, location)
         self.x, self.y = load_mnist_32("mnist", self.location, train=True)
-        self._heldout = load_mnist_32("mnist", self.location, train=False)[0]
+        self.x_heldout = load_mnist_32("mnist", self.location, train=False)[0]
         self.spec = DataSpec(shape=(1, 32, 32), num_classes=10, has_labels=True, domain="digits")
-
-    def heldout(self) -> torch.Tensor:
-        return self._heldout
 
 
 class StackedMNISTOptions(Options):
@@ -133,11 +130,8 @@ class StackedMNIST(Dataset):
         images, labels = load_mnist_32("stacked_mnist", self.location, train=True)
         self.x, self.y, self.triples = stack_digits(images, labels, options.size, generator)
         images, labels = load_mnist_32("stacked_mnist", self.location, train=False)
-        self._heldout = stack_digits(images, labels, options.heldout_size, generator)[0]
+        self.x_heldout = stack_digits(images, labels, options.heldout_size, generator)[0]
         self.spec = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain="digits")
-
-    def heldout(self) -> torch.Tensor:
-        return self._heldout
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -177,11 +171,8 @@ class CIFAR10(Dataset):
     def __init__(self, options: Options, seed: int, location: DataLocation | None = None) -> None:
         super().__init__(options, seed, location)
         self.x, self.y = load_cifar10(self.location, train=True)
-        self._heldout = load_cifar10(self.location, train=False)[0]
+        self.x_heldout = load_cifar10(self.location, train=False)[0]
         self.spec = DataSpec(shape=(3, 32, 32), num_classes=10, has_labels=True)
-
-    def heldout(self) -> torch.Tensor:
-        return self._heldout
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -226,15 +217,13 @@ class ImageFolder(Dataset):
         )
         self.x = images[kept]
         self.y = None if labels is None else labels[kept]
-        self._heldout = images[held] if len(held) else None
+        self.x_heldout = images[held] if len(held) else None
         self.spec = DataSpec(
             shape=(3, options.resolution, options.resolution),
             num_classes=None if classes is None else len(classes),
             has_labels=classes is not None,
         )
 
-    def heldout(self) -> torch.Tensor | None:
-        return self._heldout
 
     def find_images(self) -> tuple[list[str], torch.Tensor | None, list[str] | None]:
         """Image paths, labels and class names (both None for a flat folder)."""

@@ -54,11 +54,8 @@ class Digits(Dataset):
             len(images), options.heldout_fraction, torch.Generator().manual_seed(seed)
         )
         self.x, self.y = images[kept], labels[kept]
-        self._heldout = images[held] if len(held) else None
+        self.x_heldout = images[held] if len(held) else None
         self.spec = DataSpec(shape=(1, 32, 32), num_classes=10, has_labels=True, domain="digits")
-
-    def heldout(self) -> torch.Tensor | None:
-        return self._heldout
 
 
 class StackedDigitsOptions(DigitsOptions):
@@ -87,12 +84,10 @@ class StackedDigits(Dataset):
         self.x, self.y, self.triples = stack_digits(
             images[kept], labels[kept], options.size, generator
         )
-        self._heldout = (
+        self.x_heldout = (
             stack_digits(images[held], labels[held], options.heldout_size, generator)[0]
             if len(held)
             else None
         )
         self.spec = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain="digits")
 
-    def heldout(self) -> torch.Tensor | None:
-        return self._heldout

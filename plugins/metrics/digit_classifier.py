@@ -18,9 +18,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from harness.api import DataLocation
+from harness.api import DataLocation, Options
 from harness.errors import MetricUnavailable
 from harness.results import atomic_write_bytes
 
@@ -34,6 +35,14 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
 )
 """torchvision's extracted MNIST files (checked without importing torchvision)."""
+
+
+class SourceOptions(Options):
+    source: Source = Field(
+        "auto",
+        description="classifier training data: auto (MNIST if under --data-root, else digits), "
+        "digits (scikit-learn) or mnist",
+    )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from harness.config import INCEPTION_WEIGHTS_ENV
 from harness.errors import MetricUnavailable
 from harness_plugins.metrics.digit_classifier import (
     SIZE,
-    Source,
+    SourceOptions,
     classifier_path,
     load_classifier,
     prepare,
@@ -203,12 +203,8 @@ class FidelityMetric(Metric):
         return {names[key]: float(value) for key, value in values.items() if key in names}
 
 
-class DigitsFidelityOptions(FidelityOptions):
-    source: Source = Field(
-        "auto",
-        description="classifier training data: auto (MNIST if under --data-root, else digits), "
-        "digits (scikit-learn) or mnist",
-    )
+class DigitsFidelityOptions(FidelityOptions, SourceOptions):
+    pass
 
 
 class DigitsFidelity(FidelityMetric):

@@ -13,11 +13,10 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import Field
 
-from harness.api import DataSpec, Metric, Options, Sampler, to_uint8
+from harness.api import DataSpec, Metric, Sampler, to_uint8
 from harness_plugins.metrics.digit_classifier import (
-    Source,
+    SourceOptions,
     classifier_path,
     classify_channels,
     load_classifier,
@@ -40,18 +39,10 @@ def code_statistics(digits: torch.Tensor) -> dict[str, float]:
     }
 
 
-class StackedOptions(Options):
-    source: Source = Field(
-        "auto",
-        description="classifier training data: auto (MNIST if under --data-root, else digits), "
-        "digits (scikit-learn) or mnist",
-    )
-
-
 class StackedModes(Metric):
     """modes / rkl / classifier_acc of digit combinations over ``--eval-samples`` images."""
 
-    Options = StackedOptions
+    Options = SourceOptions
 
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:
