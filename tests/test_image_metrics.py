@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,11 +29,10 @@ STACKED = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain=
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The scikit-learn-digits classifier, trained once into a temporary cache directory."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(dc.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-        yield dc.classifier_path("digits")
+def classifier(harness_cache: Path) -> Path:
+    """The scikit-learn-digits classifier, trained once into the session's cache directory."""
+    assert dc.cache_dir() == harness_cache
+    return dc.classifier_path("digits")
 
 
 def make_run(x: torch.Tensor, spec: DataSpec, data_root: Path, eval_samples: int = 1000):
