@@ -196,7 +196,7 @@ def command_plugins(args: argparse.Namespace) -> int:
     for family, items in listing.items():
         print(f"{family}:")
         for item in items:
-            print(f"  {item['name']:<16} {item['provider']}")
+            print(f"  {item['name']:<18} {item['provider']}")
             if args.verbose:
                 if item["help"]:
                     print(f"      {item['help']}")

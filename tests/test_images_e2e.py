@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import assert_resume_is_exact, only_run
 
 IMAGE_RUN = [
@@ -36,3 +38,24 @@ def test_image_run_resumes_exactly(cli, pm, tmp_path):
     args = [*IMAGE_RUN, "--checkpoint-every", "7", "--ema-decay", "0.9",
             "--metrics", "stacked_modes"]
     assert_resume_is_exact(cli, pm, tmp_path, args, stop_at=13)
+
+
+@pytest.mark.parametrize(
+    "composition",
+    [
+        ["--prior", "gmm", "--cond", "kmeans_d", "--cond-opt", "k=5", "--backbone", "biggan",
+         "--loss", "hinge", "--d-steps", "2"],
+        ["--prior", "gmm", "--prior-opt", "num_components=5", "--cond", "gmm",
+         "--cond-opt", "samples_per_component=50", "--backbone", "resnet", "--loss", "hinge"],
+        ["--prior", "uniform", "--cond", "none", "--backbone", "dcgan"],
+    ],
+    ids=["gmm-kmeans_d-biggan", "gmm-gmm-resnet", "uniform-none-dcgan"],
+)
+def test_every_backbone_composes_with_priors_and_conditioners(cli, tmp_path, composition):
+    result = cli("run", *composition, "--dataset", "digits", "--backbone-opt", "width=8",
+                 "--steps", "3", "--batch-size", "16", "--eval-samples", "200", "--no-progress",
+                 "--threads", "1", "--metrics", "stacked_modes,cluster_agreement",
+                 "--out", tmp_path)
+    assert result.code == 0, result.err
+    metrics = json.loads((only_run(tmp_path) / "metrics.json").read_text())
+    assert 1 <= metrics["modes"] <= 10 and 0 <= metrics["cluster_nmi"] <= 1
