@@ -108,8 +108,8 @@ def curves_png(records: list[dict[str, Any]]) -> bytes | None:
     relabels = [r for r in records if r.get("event") == "labels_updated"]
     evaluations = [r for r in records if r.get("event") == "evaluated"]
     metric_names = sorted({k for r in evaluations for k in r if k not in ("step", "event", "time")})
-    panels = [p for p, rows in (("losses", losses), ("labels", relabels),
-                                ("metrics", evaluations)) if rows]
+    panels = [p for p, show in (("losses", losses), ("labels", relabels),
+                                ("metrics", len(evaluations) > 1)) if show]  # a curve needs 2
     if not losses:
         return None
     fig = new_figure(len(panels))
