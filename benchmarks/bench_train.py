@@ -37,7 +37,7 @@ SEED = 0
 CHECK_STEPS = 3
 COMMON = {
     "prior": "gaussian", "cond": "kmeans_d", "loss": "bce", "seed": SEED, "steps": 1,
-    "lr_g": LR, "lr_d": LR, "betas": BETAS, "progress": False,
+    "lr_g": LR, "lr_d": LR, "betas": BETAS, "progress": False, "metrics": [],
     "cond_options": {"subset": 2000, "n_init": 1, "recluster_every": 0},
 }
 CONFIGS = {

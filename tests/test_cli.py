@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from harness.config import INCEPTION_WEIGHTS_ENV
 from tests.conftest import FAST, assert_resume_is_exact, only_run
 
 CONDITIONERS = {
@@ -122,11 +123,20 @@ BAD_INPUT = {
     "bad run field": (["--steps", "-5"], ["steps", "-5"]),
     "gmm without mixture": (["--cond", "gmm"], ["--cond gmm", "gaussian", "gmm"]),
     "metric not applicable": (["--metrics", "nope"], ["nope", "modes_2d"]),
+    "image backbone, flat data": (["--backbone", "dcgan"], ["'dcgan'", "(2,)", "mlp"]),
+    "missing inception weights": (
+        ["--dataset", "stacked_digits", "--metrics", "fid_inception",
+         "--inception-weights", "/nowhere/inception.pth"],
+        ["/nowhere/inception.pth", "--inception-weights"],
+    ),
+    "missing mnist": (["--dataset", "stacked_mnist", "--data-root", "/nowhere"],
+                      ["'stacked_mnist'", "/nowhere/MNIST/raw", "--data-root", "--download"]),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
-def test_bad_input_is_one_line_with_choices_and_writes_nothing(cli, tmp_path, case):
+def test_bad_input_is_one_line_with_choices_and_writes_nothing(cli, tmp_path, case, monkeypatch):
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, "")  # restored after --inception-weights sets it
     args, expected = BAD_INPUT[case]
     result = cli("run", *FAST, *args, "--out", tmp_path)
     assert result.code == 2

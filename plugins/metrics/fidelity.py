@@ -248,9 +248,9 @@ class InceptionFidelity(FidelityMetric):
         path = self.options.weights or (Path(env) if env else inception_cache_path())
         if not path.is_file():
             raise MetricUnavailable(
-                f"fid_inception: Inception-v3 weights not found at {path}; pass "
-                f"--inception-weights PATH, set {INCEPTION_WEIGHTS_ENV}=PATH or place "
-                f"{INCEPTION_FILE} at {inception_cache_path()}"
+                f"no Inception-v3 weights at {path} (nothing is downloaded); pass "
+                f"--inception-weights PATH or set {INCEPTION_WEIGHTS_ENV}=PATH to a copy of "
+                f"torch-fidelity's {INCEPTION_FILE}"
             )
         self.options.weights = path.resolve()
 
