@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from harness.cli import build_parser
-from harness.config import load_toml, make_config
+from harness.config import COMPONENT_FIELDS, load_toml, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,13 @@ def test_readme_flags_exist():
             assert flag in flags, f"README uses unknown flag {flag}"
 
 
-def test_paper_configs_validate():
+def test_configs_validate_with_their_plugins(pm):
     for path in sorted((ROOT / "configs").glob("*.toml")):
         config = make_config(load_toml(path))
-        assert config.steps == 100_000 and config.cond_options["k"] == 50, path
+        for field, family in COMPONENT_FIELDS.items():
+            cls = pm.get(family, getattr(config, field)).load()
+            cls.Options.model_validate(getattr(config, f"{field}_options"))
+        for name, options in config.metric_options.items():
+            pm.get("metrics", name).load().Options.model_validate(options)
+        if path.name.startswith("liu2020-"):  # the official protocols
+            assert config.steps == 100_000 and config.eval_samples == 50_000, path
