@@ -104,6 +104,8 @@ def test_auto_source_uses_mnist_files_when_present(classifier: Path, tmp_path: P
     assert torch.equal(test_y, labels[60:80])
     path = dc.classifier_path("auto", tmp_path)
     assert "mnist" in path.name and path != classifier
+    write_idx(raw / "train-labels-idx1-ubyte", labels[1:61])  # other files: other classifier
+    assert dc.classifier_path("auto", tmp_path) != path
     with pytest.raises(MetricUnavailable, match="MNIST files"):
         dc.load_mnist(tmp_path / "elsewhere")
 

@@ -110,6 +110,17 @@ def mnist_available(data_root: Path) -> bool:
     return all((data_root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES)
 
 
+def mnist_fingerprint(data_root: Path) -> str:
+    """A digest of the MNIST files (labels' bytes, images' sizes): a classifier cached for
+    one copy of MNIST is never reused for different files."""
+    raw = data_root / "MNIST" / "raw"
+    digest = hashlib.sha256()
+    for name in MNIST_FILES:
+        path = raw / name
+        digest.update(path.read_bytes() if "labels" in name else str(path.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
 def load_mnist(data_root: Path) -> tuple[torch.Tensor, ...]:
     """MNIST train and test images, uint8 (n, 1, 32, 32), and labels: the ``mnist`` dataset's
     own loader, so the classifier sees digits exactly as the GAN's training data shows them."""
@@ -186,7 +197,10 @@ def classifier_path(source: Source = "auto", data_root: Path | None = None) -> P
     """The cached classifier file for ``source``, trained and written (atomically) if missing."""
     concrete = resolve_source(source, data_root)
     recipe = RECIPES[concrete]
-    key = json.dumps({"version": VERSION, "source": concrete, **asdict(recipe)}, sort_keys=True)
+    data = mnist_fingerprint(data_root) if concrete == "mnist" and data_root else "sklearn"
+    key = json.dumps(
+        {"version": VERSION, "source": concrete, "data": data, **asdict(recipe)}, sort_keys=True
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = cache_dir() / f"digit-classifier-{concrete}-{digest}.pt"
     if not path.is_file():
