@@ -89,7 +89,7 @@ class Dataset(Component, torch.utils.data.Dataset):
     y: torch.Tensor | None
     spec: DataSpec
     x_heldout: torch.Tensor | None = None
-    """Real examples kept out of training, in the format of ``x`` (e.g. a test split)."""
+    """Real examples kept out of training, in the format of ``x`` (e.g. a test split), or None."""
 
     def __init__(
         self, options: Options, seed: int, location: DataLocation | None = None
@@ -108,10 +108,6 @@ class Dataset(Component, torch.utils.data.Dataset):
         """Examples at ``index`` as float in the networks' range ([-1, 1] for images)."""
         x = self.x[index]
         return from_uint8(x) if x.dtype == torch.uint8 else x
-
-    def heldout(self) -> torch.Tensor | None:
-        """Real examples kept out of training (same format as ``x``), or None if there are none."""
-        return self.x_heldout
 
 
 # ----------------------------------------------------------------------------- priors

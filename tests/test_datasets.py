@@ -107,16 +107,16 @@ def test_registered() -> None:
 # ----------------------------------------------------------------------------- digits
 def test_digits_split() -> None:
     ds = make("digits", seed=3)
-    held = ds.heldout()
+    held = ds.x_heldout
     check_images(ds, DataSpec((1, 32, 32), 10, True, domain="digits"), 1797 - 180)
     assert held is not None and held.dtype == torch.uint8 and held.shape == (180, 1, 32, 32)
     images, labels = load_digits_32()
     assert as_bytes(ds.x) + as_bytes(held) == as_bytes(images)  # a partition of the 1797
     assert (ds.y.bincount(minlength=10) <= labels.bincount()).all()
     again, other = make("digits", seed=3), make("digits", seed=4)
-    assert torch.equal(again.x, ds.x) and torch.equal(again.heldout(), held)
-    assert not torch.equal(other.heldout(), held)
-    assert make("digits", heldout_fraction=0.0).heldout() is None
+    assert torch.equal(again.x, ds.x) and torch.equal(again.x_heldout, held)
+    assert not torch.equal(other.x_heldout, held)
+    assert make("digits", heldout_fraction=0.0).x_heldout is None
 
 
 def test_stacked_digits() -> None:
@@ -127,17 +127,17 @@ def test_stacked_digits() -> None:
     assert torch.equal(ds.y, 100 * digits.y[a] + 10 * digits.y[b] + digits.y[c])
     for k in range(3):
         assert torch.equal(ds.x[:, k], digits.x[ds.triples[:, k], 0])
-    held = ds.heldout()
+    held = ds.x_heldout
     assert held is not None and held.shape == (50, 3, 32, 32)
-    assert set(as_bytes(held.flatten(0, 1).unsqueeze(1))) <= set(as_bytes(digits.heldout()))
+    assert set(as_bytes(held.flatten(0, 1).unsqueeze(1))) <= set(as_bytes(digits.x_heldout))
     again, other = (
         make("stacked_digits", seed=5, size=500, heldout_size=50),
         make("stacked_digits", seed=6, size=500, heldout_size=50),
     )
     assert torch.equal(again.x, ds.x) and torch.equal(again.y, ds.y)
-    assert torch.equal(again.heldout(), held)
+    assert torch.equal(again.x_heldout, held)
     assert not torch.equal(other.y, ds.y)
-    assert make("stacked_digits", size=10, heldout_fraction=0.0).heldout() is None
+    assert make("stacked_digits", size=10, heldout_fraction=0.0).x_heldout is None
 
 
 def test_stacked_digits_default_size_covers_all_modes() -> None:
@@ -155,7 +155,7 @@ def test_mnist(tmp_path: Path, no_download: list[str]) -> None:
     for i in (0, 17):
         pil = Image.fromarray(arrays["train_images"][i]).resize((32, 32), Image.BILINEAR)
         assert torch.equal(ds.x[i, 0], torch.from_numpy(np.array(pil)))
-    assert ds.heldout().shape == (20, 1, 32, 32) and ds.heldout().dtype == torch.uint8
+    assert ds.x_heldout.shape == (20, 1, 32, 32) and ds.x_heldout.dtype == torch.uint8
     assert no_download == []
 
 
@@ -168,9 +168,9 @@ def test_stacked_mnist(tmp_path: Path, no_download: list[str]) -> None:
     assert torch.equal(ds.y, 100 * mnist.y[a] + 10 * mnist.y[b] + mnist.y[c])
     for k in range(3):
         assert torch.equal(ds.x[:, k], mnist.x[ds.triples[:, k], 0])
-    held = ds.heldout()
+    held = ds.x_heldout
     assert held.shape == (30, 3, 32, 32)
-    assert set(as_bytes(held.flatten(0, 1).unsqueeze(1))) <= set(as_bytes(mnist.heldout()))
+    assert set(as_bytes(held.flatten(0, 1).unsqueeze(1))) <= set(as_bytes(mnist.x_heldout))
     assert torch.equal(make("stacked_mnist", tmp_path, seed=1, size=300, heldout_size=30).x, ds.x)
     assert not torch.equal(make("stacked_mnist", tmp_path, seed=2, size=300).y, ds.y)
     assert no_download == []
@@ -219,7 +219,7 @@ def test_cifar10(tmp_path: Path, no_download: list[str]) -> None:
     assert torch.equal(ds.x, torch.from_numpy(data).view(30, 3, 32, 32))
     assert ds.y.tolist() == sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     test_data = torch.from_numpy(batches["test_batch"][0]).view(6, 3, 32, 32)
-    assert torch.equal(ds.heldout(), test_data)
+    assert torch.equal(ds.x_heldout, test_data)
     assert no_download == []
 
 
@@ -246,7 +246,7 @@ def test_image_folder_classes(tmp_path: Path) -> None:
     (tmp_path / "imgs" / "dog" / "notes.txt").write_text("not an image")
     ds = make("image_folder", tmp_path, path="imgs", resolution=16)
     check_images(ds, DataSpec((3, 16, 16), 2, True), 6)
-    assert ds.y.tolist() == [0, 0, 0, 0, 1, 1] and ds.heldout() is None
+    assert ds.y.tolist() == [0, 0, 0, 0, 1, 1] and ds.x_heldout is None
     assert torch.equal(
         ds.x[1], torch.tensor([10, 245, 7], dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16)
     )
@@ -267,7 +267,7 @@ def test_image_folder_flat_resize_crop_and_split(tmp_path: Path) -> None:
     wide = ds.x[-1]  # sorted by name: plain0..8, wide
     assert (wide[1] == 255).all() and (wide[0] == 0).all() and (wide[2] == 0).all()
     split = make("image_folder", tmp_path, seed=2, path=".", resolution=16, heldout_fraction=0.3)
-    held = split.heldout()
+    held = split.x_heldout
     assert held is not None and len(split) == 7 and len(held) == 3
     assert as_bytes(split.x) + as_bytes(held) == as_bytes(ds.x)
     assert torch.equal(

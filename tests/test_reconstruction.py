@@ -43,10 +43,7 @@ class Images:
 
     def __init__(self, heldout: torch.Tensor | None) -> None:
         self.x = torch.randint(0, 256, (64, *SHAPE), dtype=torch.uint8)
-        self._heldout = heldout
-
-    def heldout(self) -> torch.Tensor | None:
-        return self._heldout
+        self.x_heldout = heldout
 
 
 def make_run(heldout: torch.Tensor | None, conditional: bool = True) -> types.SimpleNamespace:

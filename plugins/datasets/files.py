@@ -97,7 +97,7 @@ def load_mnist_32(
 
 
 class MNIST(Dataset):
-    """MNIST train split (60k) at 1x32x32, labels 0-9; ``heldout()`` is the test split."""
+    """MNIST train split (60k) at 1x32x32, labels 0-9; ``x_heldout`` is the test split."""
 
     def __init__(self, options: Options, seed: int, location: DataLocation | None = None) -> None:
         super().__init__(options, seed, location)
@@ -166,7 +166,7 @@ def load_cifar10(location: DataLocation, train: bool) -> tuple[torch.Tensor, tor
 
 
 class CIFAR10(Dataset):
-    """CIFAR-10 train split (50k), 3x32x32, 10 labels; ``heldout()`` is the test split."""
+    """CIFAR-10 train split (50k), 3x32x32, 10 labels; ``x_heldout`` is the test split."""
 
     def __init__(self, options: Options, seed: int, location: DataLocation | None = None) -> None:
         super().__init__(options, seed, location)

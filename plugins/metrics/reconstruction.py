@@ -177,7 +177,7 @@ class LPIPSReconstruction(Metric):
 
     def targets(self, run: Run, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
         """``images`` real images in [-1, 1] (held-out ones when there are) and whether held out."""
-        heldout = run.dataset.heldout()
+        heldout = run.dataset.x_heldout
         pool = run.dataset.x if heldout is None else heldout
         chosen = pool[torch.randperm(len(pool), generator=generator)[: self.options.images]]
         x = from_uint8(chosen) if chosen.dtype == torch.uint8 else chosen.float()
