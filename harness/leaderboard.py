@@ -123,13 +123,15 @@ def published_numbers(suite: str) -> dict[str, Any]:
 
 
 def add_published(view: pd.DataFrame, table: pd.DataFrame, suite: dict[str, Any]) -> None:
-    """Insert ``<metric> (paper)`` columns beside the measured ones, by dataset and cond."""
+    """Insert ``<metric> (paper)`` columns beside the measured ones, by dataset and cond
+    (a suite's ``stand_ins`` map our dataset to the paper's, e.g. stacked digits -> MNIST)."""
     for position, metric in enumerate(suite["columns"]):
         if metric not in view:
             continue
         cells = []
         for dataset, cond in zip(table["dataset"], table["cond"], strict=True):
-            row = suite["published"].get(dataset, {}).get(cond)
+            paper_dataset = suite.get("stand_ins", {}).get(dataset, dataset)
+            row = suite["published"].get(paper_dataset, {}).get(cond)
             mean, se = row[position] if row else (math.nan, math.nan)
             cells.append("" if math.isnan(mean) else f"{mean:.4g}" + (
                 "" if math.isnan(se) else f" ± {se:.2g}"))

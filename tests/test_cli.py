@@ -168,3 +168,14 @@ def test_leaderboard_compares_with_published_numbers(cli, tmp_path):
     assert "6.3 ± 0.5" in row and "0.45 ± 0.09" in row  # the paper's GAN row on the ring
     bad = cli("leaderboard", tmp_path, "--compare", "liu2021")
     assert bad.code == 2 and "liu2020-table1" in bad.err
+
+
+def test_stacked_digits_is_compared_with_the_papers_stacked_mnist():
+    from harness.leaderboard import add_published, published_numbers
+
+    table = pd.DataFrame({"dataset": ["stacked_digits", "ring"], "cond": ["kmeans_d", "none"]})
+    view = pd.DataFrame({"modes": ["1000 ± 0", "8 ± 0"], "rkl": ["0.155", "0.04"]})
+    add_published(view, table, published_numbers("liu2020-table2"))
+    assert list(view.columns) == ["modes", "modes (paper)", "rkl", "rkl (paper)"]
+    assert view["modes (paper)"].tolist() == ["1000 ± 0", ""]
+    assert view["rkl (paper)"].tolist() == ["0.08 ± 0.009", ""]
