@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, (_, kind, text) in RUN_FLAGS.items():
         run.add_argument(flag, type=kind, default=None, help=text)
-    run.add_argument("--metrics", help="comma-separated metric plugins (default: all that apply)")
+    run.add_argument("--metrics", help="comma-separated metric plugins (default: all that apply, "
+                     "except opt-in ones such as lpips_recon)")
     for name in OPTION_FLAGS:
         run.add_argument(f"--{name}-opt", action="append", default=[], metavar="KEY=VALUE",
                          help=f"option of the {name} plugin (repeatable)")
