@@ -20,7 +20,12 @@ from torchvision.datasets.folder import is_image_file
 
 from harness.api import DataLocation, Dataset, DataSpec, Options
 from harness.errors import ConfigError
-from harness_plugins.datasets.images import holdout_split, stack_digits
+from harness_plugins.datasets.images import (
+    DIGITS_SPEC,
+    STACKED_SPEC,
+    holdout_split,
+    stack_digits,
+)
 
 T = TypeVar("T")
 FLAGS = "pass --data-root DIR, or --download to fetch them"
@@ -103,7 +108,7 @@ class MNIST(Dataset):
         super().__init__(options, seed, location)
         self.x, self.y = load_mnist_32("mnist", self.location, train=True)
         self.x_heldout = load_mnist_32("mnist", self.location, train=False)[0]
-        self.spec = DataSpec(shape=(1, 32, 32), num_classes=10, has_labels=True, domain="digits")
+        self.spec = DIGITS_SPEC
 
 
 class StackedMNISTOptions(Options):
@@ -131,7 +136,7 @@ class StackedMNIST(Dataset):
         self.x, self.y, self.triples = stack_digits(images, labels, options.size, generator)
         images, labels = load_mnist_32("stacked_mnist", self.location, train=False)
         self.x_heldout = stack_digits(images, labels, options.heldout_size, generator)[0]
-        self.spec = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain="digits")
+        self.spec = STACKED_SPEC
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

@@ -8,6 +8,9 @@ from pydantic import Field
 from harness.api import DataLocation, Dataset, DataSpec, Options
 from harness_plugins.datasets.digits import load_digits_32
 
+DIGITS_SPEC = DataSpec(shape=(1, 32, 32), num_classes=10, has_labels=True, domain="digits")
+STACKED_SPEC = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain="digits")
+"""Specs of single digits and of digit triples (MNIST and scikit-learn digits alike)."""
 PLACES = torch.tensor([100, 10, 1])
 """Weights turning the three channel digits (a, b, c) into the stacked label 100a + 10b + c."""
 
@@ -55,7 +58,7 @@ class Digits(Dataset):
         )
         self.x, self.y = images[kept], labels[kept]
         self.x_heldout = images[held] if len(held) else None
-        self.spec = DataSpec(shape=(1, 32, 32), num_classes=10, has_labels=True, domain="digits")
+        self.spec = DIGITS_SPEC
 
 
 class StackedDigitsOptions(DigitsOptions):
@@ -89,5 +92,5 @@ class StackedDigits(Dataset):
             if len(held)
             else None
         )
-        self.spec = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain="digits")
+        self.spec = STACKED_SPEC
 
