@@ -32,6 +32,7 @@ from harness_plugins.metrics.fidelity import (
     DIGITS_EXTRACTOR,
     DigitsFidelity,
     UInt8Images,
+    count_name,
     register_digits_extractor,
 )
 
@@ -70,8 +71,7 @@ def main() -> None:
 
     def direct_side() -> dict[str, float]:
         register_digits_extractor()
-        generator = torch.Generator().manual_seed(SEED + 11)  # the metric's real subset
-        real = dataset.x[torch.randperm(len(dataset.x), generator=generator)[: args.samples]]
+        real = metric.reference_images(run)  # the same real subset
         return torch_fidelity.calculate_metrics(
             input1=UInt8Images(fake), input2=UInt8Images(real), fid=True, kid=True, isc=True,
             prc=True, feature_extractor=DIGITS_EXTRACTOR,
@@ -90,8 +90,7 @@ def main() -> None:
             start = time.perf_counter()
             sides[name]()
             times[name].append(time.perf_counter() - start)
-    fid = values["harness"][f"fid_digits_{args.samples // 1000}k"] if args.samples % 1000 == 0 \
-        else next(v for k, v in values["harness"].items() if k.startswith("fid_"))
+    fid = values["harness"][f"fid_digits_{count_name(args.samples)}"]
     same = abs(fid - values["direct"][torch_fidelity.KEY_METRIC_FID]) < 1e-9
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     ratio = medians["harness"] / medians["direct"]

@@ -86,6 +86,15 @@ class Run:
         """The generator samples and metrics use: the EMA copy when there is one."""
         return self.ema_generator if self.ema_generator is not None else self.generator
 
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        """Global torch RNG (CPU and the run's CUDA device) seeded with ``seed`` inside the
+        block and restored after it: observers and metrics draw without perturbing training."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, seed: int) -> torch.Tensor:
         """Samples of ``eval_generator`` in eval mode for ``labels``, z drawn with ``seed``.
@@ -95,9 +104,7 @@ class Run:
         """
         generator = self.eval_generator
         was_training = generator.training
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with self.seeded(seed):
             generator.eval()
             try:
                 labels = labels.to(self.device)
@@ -405,10 +412,8 @@ class Trainer:
         nets = (run.generator, run.discriminator, run.eval_generator)
         modes = [net.training for net in nets]
         label_state = self.label_rng.get_state()
-        devices = [run.device] if run.device.type == "cuda" else []
         values: dict[str, float] = {}
-        with torch.random.fork_rng(devices=devices), self.timed("eval_s"):
-            torch.manual_seed(run.config.seed + 10_000)
+        with run.seeded(run.config.seed + 10_000), self.timed("eval_s"):
             self.label_rng.manual_seed(run.config.seed + 10_001)
             for net in nets:
                 net.eval()

@@ -13,6 +13,7 @@ from torch import nn
 from harness.api import BuildContext, DataSpec, Generator, Options, to_uint8
 from harness.errors import MetricUnavailable
 from harness.manager import get_plugin_manager
+from harness.trainer import Run
 from harness_plugins.metrics.reconstruction import LPIPSReconstruction
 
 pytest.importorskip("lpips")
@@ -59,12 +60,14 @@ def make_run(heldout: torch.Tensor | None, conditional: bool = True) -> types.Si
         cond_cls = pm.get("conditioners", "none").load()
         context = BuildContext(dataset, "gaussian", Options(), 0)  # type: ignore[arg-type]
         conditioner = cond_cls(cond_cls.Options(), context)
-    return types.SimpleNamespace(
+    run = types.SimpleNamespace(
         eval_generator=LinearG(), prior=prior_cls(prior_cls.Options(), Z_DIM, CLASSES),
         conditioner=conditioner, dataset=dataset, device=torch.device("cpu"),
         config=types.SimpleNamespace(seed=0),
         net_labels=lambda labels: labels if conditional else torch.zeros_like(labels),
     )
+    run.seeded = lambda seed: Run.seeded(run, seed)  # the harness's own RNG isolation
+    return run
 
 
 def producible(n: int = 16) -> torch.Tensor:

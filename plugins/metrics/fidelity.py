@@ -161,15 +161,19 @@ class FidelityMetric(Metric):
         """uint8 images as the extractor takes them."""
         return images
 
+    def reference_images(self, run: Run) -> torch.Tensor:
+        """Up to ``samples`` real training images (uint8), a subset seeded by the run."""
+        generator = torch.Generator().manual_seed(run.config.seed + 11)
+        order = torch.randperm(len(run.dataset.x), generator=generator)
+        return run.dataset.x[order[: self.options.samples]]
+
     def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
         import torch_fidelity
 
         opts = self.options
         name, weights, tag = self.extractor(run)
         fake = to_uint8(sample(opts.samples)[0])
-        real_all = run.dataset.x
-        generator = torch.Generator().manual_seed(run.config.seed + 11)
-        real = real_all[torch.randperm(len(real_all), generator=generator)[: opts.samples]]
+        real = self.reference_images(run)
         cuda = run.device.type == "cuda"
         flags = {FLAGS[m]: m in opts.metrics for m in FLAGS}
         with torch.cuda.device(run.device) if cuda else contextlib.nullcontext():

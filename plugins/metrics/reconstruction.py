@@ -246,9 +246,8 @@ class LPIPSReconstruction(Metric):
 
     def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
         seed = run.config.seed
-        devices = list(range(torch.cuda.device_count())) if run.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), frozen(run.eval_generator) as g:
-            torch.manual_seed(seed + 20)  # the encoder's init and prior.sample
+        # seed + 20: the encoder's init and prior.sample; the global RNG is restored after
+        with run.seeded(seed + 20), frozen(run.eval_generator) as g:
             generator = torch.Generator().manual_seed(seed + 21)
             targets, heldout = self.targets(run, generator)
             encoder = self.train_encoder(run, g, generator)
