@@ -292,6 +292,15 @@ class Metric(Component, ABC):
         """Whether the metric applies to data with this spec (default: always)."""
         return True
 
+    def check(self, dataset: Dataset) -> None:  # noqa: B027 - optional hook
+        """Raise ``ConfigError`` when the options cannot work on ``dataset`` (e.g. more IS
+        splits than images). Called before the run directory exists; default: no check."""
+
     @abstractmethod
     def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
-        """Return ``{metric_name: value}``."""
+        """Return ``{metric_name: value}``, every value finite.
+
+        Generated samples may hold NaN or infinity (a collapsing G): a metric must treat them
+        explicitly (e.g. count them as low quality), or raise ``MetricError`` saying why it
+        cannot be computed.
+        """

@@ -15,3 +15,11 @@ class ConfigError(HarnessError):
 
 class MetricUnavailable(ConfigError):
     """A metric cannot run here (e.g. pretrained weights are missing); names the fix."""
+
+
+class MetricError(HarnessError):
+    """A metric cannot be computed for this run (e.g. its samples are non-finite); says why.
+
+    The harness then stores no value for that metric and records the reason in ``run.json``
+    (``metric_errors``); it never stores NaN or infinity.
+    """
