@@ -297,3 +297,34 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
     assert "broken.png" in error(path="bad")
+
+
+def test_image_folder_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    for i in range(3):
+        write_png(tmp_path / "flat" / f"{i}.png", (8, 8), 10 * i)
+        write_png(tmp_path / "classes" / "cat" / f"{i}.png", (8, 8), 10 * i)
+        write_png(tmp_path / "classes" / "dog" / f"{i}.png", (8, 8), 200)
+    for folder in (tmp_path / "flat", tmp_path / "classes", tmp_path / "classes" / "cat"):
+        write_png(folder / ".ipynb_checkpoints" / "0-checkpoint.png", (8, 8), 99)
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (folder / "._0.png").write_bytes(b"AppleDouble resource fork, not a png")
+    flat = make("image_folder", tmp_path, path="flat", resolution=8)
+    check_images(flat, DataSpec((3, 8, 8), None, False), 3)
+    classes = make("image_folder", tmp_path, path="classes", resolution=8)
+    check_images(classes, DataSpec((3, 8, 8), 2, True), 6)
+    assert classes.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert not (classes.x[:, 0] == 99).any()  # no checkpoint copy among the cats
+
+
+def test_image_folder_reads_16_bit_grayscale(tmp_path: Path) -> None:
+    levels = [0, 129, 1000, 32768, 65535]  # -> 0, 1, 4, 128, 255 (rounded division by 257)
+    writers = {".png": "<u2", ".tif": ">u2", ".tiff": "<i4"}  # modes I;16, I;16B and I
+    for i, level in enumerate(levels):
+        for suffix, dtype in writers.items():
+            image = Image.fromarray(np.full((8, 8), level, dtype=dtype))
+            assert image.mode in ("I;16", "I;16B", "I")
+            image.save(tmp_path / f"{i}{suffix}")
+    ds = make("image_folder", tmp_path, path=".", resolution=8)
+    check_images(ds, DataSpec((3, 8, 8), None, False), 3 * len(levels))
+    expected = torch.tensor([0, 1, 4, 128, 255], dtype=torch.uint8).repeat_interleave(3)
+    assert torch.equal(ds.x.flatten(1).unique(dim=1).squeeze(1), expected)

@@ -10,6 +10,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
@@ -193,20 +194,56 @@ class ImageFolderOptions(Options):
     )
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""Pillow's modes of 16-bit grayscale images (PNG, TIFF); ``I`` is 32-bit, read as 16-bit."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. 16-bit grayscale is scaled 0..65535 -> 0..255 (rounded
+    division by 257) first: Pillow's own ``convert`` would clip it at 255, i.e. to white."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        levels = np.asarray(image).astype(np.int64).clip(0, 65535)
+        image = Image.fromarray(((levels + 128) // 257).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_image(path: str, resolution: int) -> torch.Tensor:
     """One image as RGB uint8 (3, resolution, resolution): shorter side resized (bilinear),
     then centre-cropped, as ``Resize`` + ``CenterCrop`` in the official code."""
     try:
         with Image.open(path) as image:
-            resized = TF.resize(image.convert("RGB"), resolution)
+            resized = TF.resize(to_rgb(image), resolution)
     except Exception as exc:
         raise ConfigError(f"dataset 'image_folder': cannot read {path}: {one_line(exc)}") from exc
     return TF.pil_to_tensor(TF.center_crop(resized, resolution))
 
 
+def hidden(path: Path) -> bool:
+    """Whether a file or folder name starts with '.' (``.DS_Store``, ``.ipynb_checkpoints``,
+    macOS ``._x.png`` resource forks): never data."""
+    return path.name.startswith(".")
+
+
+class VisibleImageFolder(datasets.ImageFolder):
+    """torchvision's ``ImageFolder`` without hidden class folders, hidden files, or images
+    under hidden subfolders of a class."""
+
+    def __init__(self, root: Path) -> None:
+        def visible_image(path: str) -> bool:
+            parts = Path(path).relative_to(root).parts
+            return is_image_file(path) and not any(part.startswith(".") for part in parts)
+
+        super().__init__(root, is_valid_file=visible_image)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(p.name for p in Path(directory).iterdir() if p.is_dir() and not hidden(p))
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
 class ImageFolder(Dataset):
     """All images of a folder, RGB at ``resolution``. One subfolder per class gives labels
-    (torchvision ``ImageFolder`` semantics); a flat folder of images gives none."""
+    (torchvision ``ImageFolder`` semantics); a flat folder of images gives none. Hidden
+    files and folders (names starting with '.') are skipped."""
 
     Options = ImageFolderOptions
 
@@ -246,7 +283,7 @@ class ImageFolder(Dataset):
                 f"dataset 'image_folder': no folder {folder} {layout}; set --dataset-opt "
                 "path=DIR, absolute or relative to --data-root DIR"
             )
-        entries = sorted(folder.iterdir())
+        entries = sorted(p for p in folder.iterdir() if not hidden(p))
         flat = [str(p) for p in entries if p.is_file() and is_image_file(p.name)]
         if not any(p.is_dir() for p in entries):
             if not flat:
@@ -258,7 +295,7 @@ class ImageFolder(Dataset):
                 "images in class subfolders, or none"
             )
         try:
-            source = datasets.ImageFolder(folder)
+            source = VisibleImageFolder(folder)
         except Exception as exc:
             raise ConfigError(f"dataset 'image_folder': {one_line(exc)}") from exc
         paths, labels = zip(*source.samples, strict=True)
