@@ -111,6 +111,31 @@ def test_more_clusters_than_distinct_features_does_not_crash(grid):
     assert cond.class_weights().sum() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize(
+    ("cls", "name"), [(SelfConditioned, "kmeans_d"), (OnlineKMeans, "online_kmeans")]
+)
+def test_more_clusters_than_clustered_points_is_refused(grid, cls, name):
+    with pytest.raises(ConfigError) as info:
+        cls(cls.Options(k=50, subset=20), context(grid))
+    assert str(info.value) == (
+        f"invalid cond {name!r} option k=50: more clusters than the 20 clustered points "
+        "(subset=20, dataset size 5000); valid: k <= 20"
+    )
+    nine = Grid(GridOptions(size=9), seed=0)
+    with pytest.raises(ConfigError, match=r"9 clustered points \(subset=10000, dataset size 9\)"):
+        cls(cls.Options(), context(nine))  # default k=50
+    assert cls(cls.Options(k=9), context(nine)).num_classes == 9
+
+
+def test_refill_with_more_empty_clusters_than_points(grid):
+    cond = self_conditioned(grid)
+    d = FeatureMap()
+    cond.setup(models(grid, d))
+    cond.subset, cond.subset_labels = cond.subset[:10], cond.subset_labels[:10]  # >= 15 empty
+    assert cond.update(10, models(grid, d)) is not None
+    assert torch.isfinite(cond.centers).all() and cond.centers.shape == (25, 2)
+
+
 def test_online_kmeans_moves_centres_towards_batches(grid):
     cond = OnlineKMeans(OnlineOptions(k=25, subset=2000, n_init=2), context(grid))
     cond.setup(models(grid, FeatureMap()))

@@ -7,13 +7,14 @@ algorithm (Eq. 4). ``online_kmeans`` moves the centres on every batch instead.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 
 from harness.api import BuildContext, Conditioner, Models, Options
 from harness.clustering import cluster_means, kmeans, matching_permutation, squared_distances
+from harness.errors import ConfigError
 
 
 class ClusterOptions(Options):
@@ -23,15 +24,27 @@ class ClusterOptions(Options):
 
 
 class FeatureClusters(Conditioner):
-    """Shared state: centres in D-feature space fitted on a fixed random subset of reals."""
+    """Shared state: centres in D-feature space fitted on a fixed random subset of reals.
+
+    Refuses (ConfigError) more clusters ``k`` than clustered points, min(subset, dataset size).
+    """
 
     Options = ClusterOptions
+    plugin_name: ClassVar[str]
+    """The name the conditioner is registered under, for error messages."""
 
     def __init__(self, options: ClusterOptions, context: BuildContext) -> None:
         super().__init__(options, context)
         n = len(context.dataset)
+        points = min(options.subset, n)
+        if options.k > points:
+            raise ConfigError(
+                f"invalid cond {self.plugin_name!r} option k={options.k}: more clusters than "
+                f"the {points} clustered points (subset={options.subset}, dataset size {n}); "
+                f"valid: k <= {points}"
+            )
         generator = torch.Generator().manual_seed(context.seed + 2)
-        self.subset = torch.randperm(n, generator=generator)[: min(options.subset, n)]
+        self.subset = torch.randperm(n, generator=generator)[:points]
         self.centers = torch.empty(0)
         self.sizes = torch.ones(options.k)
 
@@ -77,6 +90,7 @@ class SelfConditioned(FeatureClusters):
     """
 
     Options = SelfConditionedOptions
+    plugin_name = "kmeans_d"
 
     def setup(self, models: Models) -> None:
         super().setup(models)
@@ -102,7 +116,11 @@ class SelfConditioned(FeatureClusters):
             init, counts = cluster_means(features, old, k)
             empty = (counts == 0).nonzero().squeeze(1)
             generator = torch.Generator().manual_seed(self.context.seed + step)
-            pick = torch.randperm(len(features), generator=generator)[: len(empty)]
+            n = len(features)
+            if len(empty) <= n:  # distinct random points
+                pick = torch.randperm(n, generator=generator)[: len(empty)]
+            else:  # more empty clusters than points: with replacement
+                pick = torch.randint(n, (len(empty),), generator=generator)
             init[empty] = features[pick.to(features.device)]
             result = kmeans(features, k, init=init)
         else:
@@ -142,6 +160,7 @@ class OnlineKMeans(FeatureClusters):
     """
 
     Options = OnlineOptions
+    plugin_name = "online_kmeans"
 
     def setup(self, models: Models) -> None:
         super().setup(models)
