@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 
 class Options(BaseModel):
-    """Base of every component's options: unknown keys are an error."""
+    """Base of every component's options: unknown keys, NaN and infinity are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Component:

@@ -7,17 +7,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harness import __version__, results
 from harness.config import (
     INCEPTION_WEIGHTS_ENV,
+    RESUMABLE,
     RunConfig,
-    load_toml,
+    load_config_file,
     make_config,
     parse_assignments,
 )
-from harness.errors import HarnessError
+from harness.errors import HarnessError, RunFailed
 from harness.manager import get_plugin_manager
 
 RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
@@ -48,8 +49,15 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
 OPTION_FLAGS = ("prior", "cond", "backbone", "dataset", "loss")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="harness", description="Benchmark harness for conditioned GANs."
     )
     parser.add_argument("--version", action="version", version=f"gan-harness {__version__}")
@@ -98,17 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    values: dict[str, Any] = {}
-    if args.config:
-        if args.config.suffix == ".json":
-            try:
-                saved = json.loads(args.config.read_text())
-            except (OSError, ValueError) as exc:
-                raise HarnessError(f"cannot read config {args.config}: {exc}") from None
-            values = saved.get("config", saved)
-        else:
-            values = load_toml(args.config)
+def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` settings (a config file's, or {}) updated with the flags given on the line."""
+    values = dict(base)
     for flag, (field, _, _) in RUN_FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is None:
@@ -128,46 +128,111 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             values[f"{name}_options"] = {
                 **values.get(f"{name}_options", {}), **parse_assignments(pairs, f"--{name}-opt")
             }
+    metric_options = {m: dict(o) for m, o in values.get("metric_options", {}).items()}
     for key, value in parse_assignments(args.metric_opt, "--metric-opt").items():
         metric, dot, option = key.partition(".")
-        if not dot:
+        if not dot or not metric or not option:
             raise HarnessError(f"--metric-opt expects METRIC.KEY=VALUE, got {key!r}")
-        values.setdefault("metric_options", {}).setdefault(metric, {})[option] = value
+        metric_options.setdefault(metric, {})[option] = value
+    if metric_options:
+        values["metric_options"] = metric_options
     if args.no_progress:
         values["progress"] = False
     if args.download:
         values["download"] = True
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    config = make_config(flag_values(args, load_config_file(args.config) if args.config else {}))
     if args.inception_weights:
         os.environ[INCEPTION_WEIGHTS_ENV] = str(args.inception_weights)
-    return make_config(values)
+    return config
+
+
+def resume_config(args: argparse.Namespace, directory: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The run's saved config with the flags given beside ``--resume`` applied, and the
+    changes ``{field: [old, new]}``. Flags that would change the run are refused: only
+    those that extend it (``--steps``, larger) or observe it may differ."""
+    if args.config:
+        raise HarnessError("--config cannot be combined with --resume: a run resumes with its "
+                           f"own {directory / results.CONFIG}")
+    saved = read_run_file(directory, results.CONFIG)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise HarnessError(f"--resume {directory}: {results.CONFIG} holds no run config")
+    old = make_config(saved["config"])
+    new = make_config(flag_values(args, old.model_dump(mode="json")))
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    changed = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        flags = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise HarnessError(
+            f"--resume {directory}: flags would change the run ({flags}); with --resume only "
+            "--steps (more than before) and settings that do not change results may be given: "
+            f"{', '.join(sorted(RESUMABLE - {'steps'}))}"
+        )
+    if new.steps < old.steps:
+        raise HarnessError(f"--resume {directory}: --steps {new.steps} is fewer than the run's "
+                           f"{old.steps} (valid: {old.steps} or more)")
+    if args.inception_weights:
+        os.environ[INCEPTION_WEIGHTS_ENV] = str(args.inception_weights)
+    return new, changed
+
+
+def read_run_file(directory: Path, name: str) -> Any:
+    try:
+        return results.read_json(directory / name)
+    except FileNotFoundError:
+        raise HarnessError(f"--resume {directory}: no {name}; not a run directory") from None
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise HarnessError(f"--resume {directory}: cannot read {name}: {reason}") from None
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from harness import leaderboard, trainer
+    from harness import trainer
 
     pm = get_plugin_manager()
     if args.resume:
         directory = args.resume
-        if not (directory / results.CHECKPOINT).exists():
-            raise HarnessError(f"--resume {directory}: no checkpoint at {results.CHECKPOINT}")
-        if results.is_finished(directory):
-            raise HarnessError(f"--resume {directory}: this run already finished")
-        config = make_config(results.read_json(directory / results.CONFIG)["config"])
-        if args.no_progress:
-            config.progress = False
-        run = trainer.build_run(config, pm)
-    else:
-        config = config_from_args(args)
-        run = trainer.build_run(config, pm)  # every input is validated before any write
-        directory = results.create_run_dir(config.out, trainer.run_name(config))
-    run.directory = directory
+        if not directory.is_dir():
+            raise HarnessError(f"--resume {directory}: no such run directory")
+        with results.RunLock(directory):
+            info = read_run_file(directory, results.RUN)
+            if not isinstance(info, dict):
+                raise HarnessError(f"--resume {directory}: {results.RUN} holds no run status")
+            if info.get("status") == "finished":
+                raise HarnessError(f"--resume {directory}: this run already finished")
+            config, changed = resume_config(args, directory)
+            run = trainer.build_run(config, pm)
+            run.directory = directory
+            return execute(run, {"changed": changed})
+    config = config_from_args(args)
+    results.check_output_dir(config.out)
+    run = trainer.build_run(config, pm)  # every input is validated before any write
+    run.directory = results.create_run_dir(config.out, trainer.run_name(config))
+    with results.RunLock(run.directory):
+        return execute(run, None)
+
+
+def execute(run: Any, resume: dict[str, Any] | None) -> int:
+    """Train ``run`` (its directory locked), then print its one-row leaderboard."""
+    from harness import leaderboard, trainer
+
+    directory = run.directory
     print(f"run directory: {directory}", file=sys.stderr)
     try:
-        trainer.execute(run, resume=bool(args.resume))
+        trainer.execute(run, resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step {run.step}; continue with: harness run --resume {directory}",
-              file=sys.stderr)
-        return 130
+        where = (f"at step {run.step}" if (directory / results.CHECKPOINT).exists()
+                 else "before the first checkpoint; resuming restarts it from step 0")
+        print(f"\ninterrupted ({run.stop_signal or 'stop requested'}) {where}; continue with: "
+              f"harness run --resume {directory}", file=sys.stderr)
+        return 143 if run.stop_signal == "SIGTERM" else 130
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     frame, metrics = leaderboard.load_runs([directory])
     print(leaderboard.render(leaderboard.aggregate(frame, metrics), metrics))
     return 0

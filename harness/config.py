@@ -27,6 +27,14 @@ NON_SCIENTIFIC = {
 }
 """Fields that do not change a run's results: left out of its identity hash and grouping."""
 
+RESUMABLE = {
+    "steps", "progress", "threads", "device", "log_every", "checkpoint_every", "sample_every",
+    "data_root", "download",
+}
+"""Fields ``--resume`` may change: they extend (``steps``, never fewer) or observe a run."""
+MAX_SEED = 2**32 - 1
+"""Largest seed: the run derives further seeds by adding small offsets (numpy's bound too)."""
+
 INCEPTION_WEIGHTS_ENV = "HARNESS_INCEPTION_WEIGHTS"
 """Environment variable (set by ``--inception-weights``) with the Inception weights file."""
 
@@ -34,7 +42,7 @@ INCEPTION_WEIGHTS_ENV = "HARNESS_INCEPTION_WEIGHTS"
 class RunConfig(BaseModel):
     """Everything that defines one run. Component options are validated by their plugins."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prior: str = "gaussian"
     cond: str = "kmeans_d"
@@ -51,11 +59,11 @@ class RunConfig(BaseModel):
     loss_options: dict[str, Any] = {}
     metric_options: dict[str, dict[str, Any]] = {}
 
-    seed: int = Field(default=0, ge=0)
-    steps: int = Field(default=1500, ge=1, description="training iterations (G updates)")
-    batch_size: int = Field(default=100, ge=1)
-    d_steps: int = Field(default=1, ge=1, description="D updates per G update")
-    z_dim: int | None = Field(default=None, ge=1, description="default: the backbone's")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    steps: int = Field(default=1500, ge=1, le=10**9, description="training iterations (G updates)")
+    batch_size: int = Field(default=100, ge=1, le=65_536)
+    d_steps: int = Field(default=1, ge=1, le=100, description="D updates per G update")
+    z_dim: int | None = Field(default=None, ge=1, le=16_384, description="default: the backbone's")
     lr_g: float = Field(default=1e-4, gt=0)
     lr_d: float = Field(default=1e-4, gt=0)
     betas: tuple[float, float] = (0.8, 0.999)
@@ -75,7 +83,7 @@ class RunConfig(BaseModel):
     download: bool = Field(default=False, description="let torchvision download missing data")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = Field(
-        default=None, ge=1, description="torch CPU threads (1 per run for parallel runs)"
+        default=None, ge=1, le=1024, description="torch CPU threads (1 per run for parallel runs)"
     )
     log_every: int = Field(default=100, ge=1)
     checkpoint_every: int = Field(default=1000, ge=1)
@@ -94,18 +102,62 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json", exclude=NON_SCIENTIFIC)
 
     def short_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:8]
+        """8 hex digits of the identity: part of the run directory's name."""
+        return _hash(self.identity())
+
+    def trajectory_hash(self) -> str:
+        """8 hex digits of what determines the training trajectory step by step: the
+        identity without ``steps`` (a checkpoint at step s is the same for any longer run)."""
+        return _hash({k: v for k, v in self.identity().items() if k != "steps"})
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML config file into a dict; errors name the file."""
+def _hash(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file, or from a run's ``config.json`` (its ``config`` object).
+
+    Raises ``ConfigError`` (one line naming the file) for a missing, unreadable, non-UTF-8 or
+    malformed file, and for content that is not a table of settings.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a directory (valid: a .toml file or a config.json)")
     try:
-        return tomllib.loads(Path(path).read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML in {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason} at byte "
+                          f"{exc.start} (valid: a .toml file or a config.json)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.suffix == ".json":
+        try:
+            values = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"invalid JSON in {path}: {exc}") from None
+        if isinstance(values, dict) and "config" in values:
+            values = values["config"]
+    else:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML in {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} holds a JSON {type(values).__name__}, not an "
+                          "object of settings (valid: a .toml file or a run's config.json)")
+    for key in [*(f"{f}_options" for f in COMPONENT_FIELDS), "metric_options"]:
+        if key in values and not isinstance(values[key], dict):
+            raise ConfigError(f"{key} in {path} must be a table of options, got "
+                              f"{values[key]!r} (e.g. [{key}] with key = value lines)")
+    metric_options = values.get("metric_options", {})
+    for metric, opts in metric_options.items():
+        if not isinstance(opts, dict):
+            raise ConfigError(f"metric_options.{metric} in {path} must be a table of options, "
+                              f"got {opts!r}")
+    return values
 
 
 def parse_assignments(pairs: list[str], flag: str) -> dict[str, Any]:

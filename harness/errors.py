@@ -5,6 +5,14 @@ class HarnessError(Exception):
     """A user-facing error: bad input, a missing plugin, an impossible composition."""
 
 
+class RunFailed(HarnessError):
+    """A run started but could not finish (e.g. its losses diverged); the CLI exits 1."""
+
+
+class Diverged(RunFailed):
+    """Training produced non-finite losses; the run stops at that step with status failed."""
+
+
 class PluginError(HarnessError):
     """A plugin could not be loaded or registered."""
 
@@ -22,4 +30,11 @@ class MetricError(HarnessError):
 
     The harness then stores no value for that metric and records the reason in ``run.json``
     (``metric_errors``); it never stores NaN or infinity.
+    """
+
+
+class LifecycleHookError(HarnessError):
+    """A plugin's lifecycle hook raised; names the plugin, its package and the hook.
+
+    The exception the hook raised is the ``__cause__``.
     """

@@ -5,22 +5,31 @@ Files are written atomically (temp file + rename), so a reader never sees half a
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import math
 import os
+import pickle
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
+from harness.errors import HarnessError
+
 CONFIG, RUN, METRICS, LOG = "config.json", "run.json", "metrics.json", "log.jsonl"
 CHECKPOINT = Path("checkpoints") / "last.pt"
+LOCK = ".lock"
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint layout; a checkpoint of another version is refused."""
 TRACKED_PACKAGES = ("gan-harness", "torch", "torchvision", "torch-fidelity", "lpips", "numpy",
                     "scipy", "scikit-learn", "pandas", "pluggy", "pydantic")
 
@@ -48,23 +57,132 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float, or None when it is NaN or infinite (strict JSON has neither)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Strict JSON (NaN and infinity are refused with ``ValueError``), written atomically."""
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    )
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+class CheckpointError(HarnessError):
+    """A checkpoint is missing, unreadable, of another format or of another run."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
+    """``state`` with the run's ``identity`` (format, trajectory hash, composition, seed,
+    step), atomically; only types ``torch.load(weights_only=True)`` reads back."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({**state, "identity": {"format": CHECKPOINT_FORMAT, **identity}}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(
+    path: Path, identity: dict[str, Any], map_location: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """The checkpoint at ``path`` if it belongs to the run of ``identity``.
+
+    Loaded with ``weights_only=True`` (tensors and plain containers only) onto
+    ``map_location``, so a run trained on a GPU resumes on a CPU. Raises ``CheckpointError``
+    (one line) for a truncated or foreign file, another format version, or another run's
+    checkpoint (different trajectory hash or seed).
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(
+            f"{path} is not a readable gan-harness checkpoint (truncated or another kind of "
+            f"file): {type(exc).__name__}: {reason}"
+        ) from None
+    saved = state.get("identity") if isinstance(state, dict) else None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        found = saved.get("format") if isinstance(saved, dict) else None
+        raise CheckpointError(
+            f"{path} is not a gan-harness checkpoint of format {CHECKPOINT_FORMAT} "
+            f"(found format {found}); it cannot be resumed by this version"
+        )
+    keys = ("trajectory", "seed")
+    if any(saved.get(key) != identity[key] for key in keys):
+        def describe(ident: dict[str, Any]) -> str:
+            parts = "-".join(str(v) for v in ident.get("composition", {}).values())
+            return f"{parts} seed {ident.get('seed')}, config {ident.get('trajectory')}"
+
+        raise CheckpointError(
+            f"{path} belongs to another run ({describe(saved)}, step {saved.get('step')}; "
+            f"this run: {describe(identity)}); refusing to resume from it"
+        )
+    return state
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while one process trains it.
+
+    ``fcntl.flock`` on ``<run>/.lock``: the kernel releases it when the holder exits or is
+    killed, so a lock left by a dead process is stale by construction and is taken over.
+    The file names the holder (pid, host, start time) for the refusal message.
+    Raises ``HarnessError`` when another process holds the lock.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self.handle: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise HarnessError(
+                f"run directory {self.path.parent} is in use by {holder}; wait for it to "
+                "finish or stop it (Ctrl-C / kill), then resume"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {started}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()  # releases the lock; the file stays (harmless, reused)
+            self.handle = None
+
+
+def check_output_dir(out: Path) -> None:
+    """Raise ``HarnessError`` unless run directories can be created under ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"--out {out} is an existing file (valid: a folder, new or existing)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise HarnessError(f"--out {out}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HarnessError(f"--out {out}: {existing} is not writable (valid: a writable folder)")
 
 
 def create_run_dir(out: Path, name: str) -> Path:
     """Make ``out/<time>-<name>`` exclusively; safe when several runs start at once."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"--out {out}: cannot create the folder: {exc.strerror}") from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for attempt in range(1000):
         path = out / (f"{stamp}-{name}" + (f"-{attempt}" if attempt else ""))
@@ -73,7 +191,10 @@ def create_run_dir(out: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
-    raise RuntimeError(f"could not create a run directory under {out}")
+        except OSError as exc:
+            raise HarnessError(f"--out {out}: cannot create a run directory: {exc.strerror}") \
+                from None
+    raise HarnessError(f"could not create a run directory under {out}")
 
 
 def git_commit(path: Path) -> dict[str, Any] | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import os
 import signal
 import sys
 import threading
@@ -34,7 +36,7 @@ from harness.api import (
     Prior,
 )
 from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
-from harness.errors import ConfigError, MetricUnavailable
+from harness.errors import ConfigError, Diverged, MetricError, MetricUnavailable
 from harness.manager import PluginManager
 
 EVAL_BATCH = 10_000
@@ -79,7 +81,11 @@ class Run:
     directory: Path | None = None
     step: int = 0
     stop_requested: bool = False
+    stop_signal: str | None = None
+    """The signal that stopped the run (SIGINT for Ctrl-C, SIGTERM for kill / schedulers)."""
     timings: dict[str, float] = field(default_factory=dict)
+    metric_errors: dict[str, str] = field(default_factory=dict)
+    """Why a metric of the last evaluation has no value (``MetricError`` or non-finite)."""
 
     @property
     def eval_generator(self) -> Generator:
@@ -112,6 +118,17 @@ class Run:
                 return generator(z, self.net_labels(labels)).cpu()
             finally:
                 generator.train(was_training)
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records to be recognised as this run's (see ``load_checkpoint``)."""
+        cfg = self.config
+        return {
+            "trajectory": cfg.trajectory_hash(),
+            "seed": cfg.seed,
+            "composition": {fld: getattr(cfg, fld) for fld in COMPONENT_FIELDS},
+            "step": self.step,
+            "run_id": self.directory.name if self.directory else None,
+        }
 
     @property
     def models(self) -> Models:
@@ -150,12 +167,82 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
     resolved["z_dim"] = z_dim
-    return Run(
+    run = Run(
         config=config, pm=pm, dataset=dataset, prior=prior.to(device), conditioner=conditioner,
         backbone=backbone, loss=classes["loss"](options["loss"]), metrics=metrics,
         generator=generator.to(device), discriminator=discriminator.to(device), device=device,
         resolved=resolved,
     )
+    check_networks(run)
+    check_eval_memory(config, dataset)
+    return run
+
+
+def check_networks(run: Run) -> None:
+    """One forward pass of copies of G and D in training mode, on a batch of the run's size
+    (at most 2), before anything is written: a backbone that does not fit the data, or
+    BatchNorm with ``--batch-size 1``, fails here in one line instead of inside step 1.
+
+    The run's own networks, buffers and RNG streams are untouched. Raises ``ConfigError``.
+    """
+    cfg = run.config
+    what = (f"backbone {cfg.backbone!r} does not work on dataset {cfg.dataset!r} "
+            f"(examples of shape {tuple(run.dataset.spec.shape)})")
+    for n in sorted({min(cfg.batch_size, 2), 2}):
+        try:
+            forward_check(run, n)
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            if n == cfg.batch_size and n < 2:
+                raise ConfigError(
+                    f"--batch-size {n}: {what} with batches of {n}: {reason} "
+                    "(valid: --batch-size 2 or more)"
+                ) from None
+            raise ConfigError(f"{what}: {reason}") from None
+
+
+def forward_check(run: Run, n: int) -> None:
+    """G and D (copies, training mode, no gradients) on ``n`` examples; shapes checked."""
+    spec, device = run.dataset.spec, run.device
+    net_classes = run.conditioner.num_classes if run.conditioner.conditions_networks else 1
+    with run.seeded(run.config.seed), torch.no_grad():
+        generator = copy.deepcopy(run.generator).train()
+        discriminator = copy.deepcopy(run.discriminator).train()
+        labels = (torch.arange(n) % run.conditioner.num_classes).to(device)
+        fake = generator(run.prior.sample(n, labels), run.net_labels(labels))
+        if tuple(fake.shape) != (n, *spec.shape):
+            raise ValueError(f"G made samples of shape {tuple(fake.shape[1:])}")
+        real = run.dataset.batch(torch.arange(n) % len(run.dataset)).to(device)
+        for x in (real, fake):
+            logits, features = discriminator(x)
+            if tuple(logits.shape) != (n, net_classes) or features.shape[0] != n:
+                raise ValueError(
+                    f"D returned logits of shape {tuple(logits.shape)} and features of shape "
+                    f"{tuple(features.shape)} (expected ({n}, {net_classes}) and ({n}, ...))"
+                )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (``MemAvailable``, else all RAM)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_eval_memory(config: RunConfig, dataset: Dataset) -> None:
+    """Refuse ``--eval-samples`` whose generated samples cannot fit in memory: they are held
+    at once as float32 on the CPU, and concatenation briefly doubles that."""
+    per_sample = 4 * math.prod(dataset.spec.shape) + 8  # float32 sample and its int64 label
+    need, available = 2 * config.eval_samples * per_sample, available_memory()
+    if need > available:
+        most = available // (2 * per_sample)
+        raise ConfigError(
+            f"--eval-samples {config.eval_samples}: the samples need about {need / 2**30:.1f} "
+            f"GiB of memory, {available / 2**30:.1f} GiB is available (valid here: at most "
+            f"{most} for examples of shape {tuple(dataset.spec.shape)})"
+        )
 
 
 def build_metrics(
@@ -192,7 +279,14 @@ def build_metrics(
                 raise
             print(f"warning: skipping metric {name!r}: {exc}", file=sys.stderr)
             continue
+        metrics[name].check(dataset)
         resolved.setdefault("metrics", {})[name] = opts.model_dump(mode="json")
+    if not metrics:
+        asked = "--metrics names none" if config.metrics is not None else "no metric applies"
+        raise ConfigError(
+            f"this run would have no metrics: {asked} (metrics for dataset "
+            f"{config.dataset!r}: {', '.join(supported) or 'none'})"
+        )
     return metrics
 
 
@@ -211,6 +305,10 @@ class Trainer:
             [*run.generator.parameters(), *run.prior.parameters()], lr=cfg.lr_g, betas=cfg.betas
         )
         self.opt_d = torch.optim.Adam(run.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        self.checkpointed_step: int | None = None
+        """Step of the newest checkpoint on disk (None before the first)."""
+        self.in_loop = False
+        """Whether a signal can wait for the next step boundary (else it stops at once)."""
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 4)
         self.label_rng = torch.Generator().manual_seed(cfg.seed + 5)
         if cfg.ema_decay is not None and run.ema_generator is None:
@@ -286,6 +384,18 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint's state; ``CheckpointError`` (one line) when it does not fit
+        this run's networks, optimisers or conditioner."""
+        try:
+            self._load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise results.CheckpointError(
+                f"the checkpoint does not fit this run's networks or state: {reason}"
+            ) from None
+        self.checkpointed_step = self.run.step
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
         run = self.run
         run.step = state["step"]
         run.generator.load_state_dict(state["generator"])
@@ -296,16 +406,19 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         run.conditioner.load_state_dict(state["conditioner"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.data_rng.set_state(state["rng"]["data"])
-        self.label_rng.set_state(state["rng"]["labels"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self.data_rng.set_state(state["rng"]["data"].cpu())
+        self.label_rng.set_state(state["rng"]["labels"].cpu())
         run.timings.update(state["timings"])
 
     def checkpoint(self) -> None:
-        if self.run.directory is not None:
-            results.save_checkpoint(self.run.directory / results.CHECKPOINT, self.state_dict())
+        run = self.run
+        if run.directory is not None:
+            path = run.directory / results.CHECKPOINT
+            results.save_checkpoint(path, self.state_dict(), run.identity())
+            self.checkpointed_step = run.step
 
     # ------------------------------------------------------------------ loop
     def setup(self) -> None:
@@ -332,17 +445,23 @@ class Trainer:
     def train(self) -> None:
         """Train from ``run.step`` to ``config.steps``.
 
-        Ctrl-C (or a hook setting ``run.stop_requested``) stops at the next step boundary,
-        checkpoints, and raises ``KeyboardInterrupt``; a second Ctrl-C stops at once.
+        Ctrl-C or SIGTERM (or a hook setting ``run.stop_requested``) stops at the next step
+        boundary, checkpoints, and raises ``KeyboardInterrupt``; a second signal stops at once.
+        Non-finite losses raise ``Diverged`` at that step; the last checkpoint is kept.
         """
         run, cfg, hook = self.run, self.run.config, self.run.pm.hook
         run.generator.train()
         run.discriminator.train()
-        with self.progress() as advance, self.graceful_interrupt():
+        last_finite: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.in_loop = True
+        with self.progress() as advance:
             while run.step < cfg.steps:
                 with self.timed("train_s"):
                     losses = self.step()
+                    if not bool(torch.stack(list(losses.values())).isfinite().all()):
+                        raise Diverged(self.divergence_message(losses, last_finite))
                     run.step += 1
+                    last_finite = (run.step, losses)
                     self.update_ema()
                     with self.timed("recluster_s"):
                         changed = run.conditioner.update(run.step, run.models)
@@ -359,25 +478,47 @@ class Trainer:
                     self.checkpoint()
                     if run.stop_requested:
                         raise KeyboardInterrupt
+        self.in_loop = False
         run.timings["ms_per_step"] = 1000 * run.timings.get("train_s", 0.0) / max(cfg.steps, 1)
 
+    def divergence_message(
+        self, losses: dict[str, torch.Tensor], last: tuple[int, dict[str, torch.Tensor]] | None
+    ) -> str:
+        """One line: the step, its losses, the last finite ones and the checkpoint kept."""
+        def show(values: dict[str, torch.Tensor]) -> str:
+            return ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+
+        step = self.run.step + 1
+        before = f"last finite losses at step {last[0]}: {show(last[1])}" if last else (
+            "no finite step before it" if self.checkpointed_step is None
+            else f"first step after the checkpoint at step {self.checkpointed_step}")
+        kept = ("no checkpoint was written before it" if self.checkpointed_step is None
+                else f"the checkpoint of step {self.checkpointed_step} is kept")
+        return f"diverged at step {step}: non-finite losses ({show(losses)}); {before}; {kept}"
+
     @contextlib.contextmanager
-    def graceful_interrupt(self) -> Iterator[None]:
-        """Turn the first SIGINT into ``run.stop_requested`` (main thread only)."""
+    def interruptible(self) -> Iterator[None]:
+        """SIGINT (Ctrl-C) and SIGTERM (``kill``, ``timeout``, cluster schedulers) alike: in the
+        training loop the first one sets ``run.stop_requested`` (stop, checkpoint and raise
+        ``KeyboardInterrupt`` at the step boundary); elsewhere, or a second one, raises
+        ``KeyboardInterrupt`` at once. Main thread only; handlers are restored after."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum: int, frame: Any) -> None:
-            if self.run.stop_requested:
+            self.run.stop_signal = signal.Signals(signum).name
+            if self.run.stop_requested or not self.in_loop:
                 raise KeyboardInterrupt
             self.run.stop_requested = True
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, request_stop) for sig in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Any]:
@@ -407,8 +548,13 @@ class Trainer:
         return torch.cat(xs), torch.cat(ys)
 
     def evaluate(self) -> dict[str, float]:
-        """Every metric, with fixed evaluation seeds; training state (RNG, modes) is untouched."""
+        """Every metric, with fixed evaluation seeds; training state (RNG, modes) is untouched.
+
+        Only finite values are returned. A metric that raises ``MetricError`` or returns a
+        non-finite value is left out with the reason in ``run.metric_errors`` and a warning.
+        """
         run = self.run
+        run.metric_errors = {}
         nets = (run.generator, run.discriminator, run.eval_generator)
         modes = [net.training for net in nets]
         label_state = self.label_rng.get_state()
@@ -420,7 +566,7 @@ class Trainer:
             try:
                 for name, metric in run.metrics.items():
                     with self.timed(f"eval_{name}_s"), self.status(f"evaluating {name}"):
-                        values.update(metric.compute(self.sample, run))
+                        values.update(self.compute_metric(name, metric))
             finally:
                 self.label_rng.set_state(label_state)
                 for net, mode in zip(nets, modes, strict=True):
@@ -428,49 +574,96 @@ class Trainer:
         return values
 
 
+    def compute_metric(self, name: str, metric: Metric) -> dict[str, float]:
+        """``metric``'s finite values; the reason it has none (or some) goes to the run."""
+        run = self.run
+        try:
+            computed = metric.compute(self.sample, run)
+        except MetricError as exc:
+            reason = str(exc)
+            computed = {}
+        else:
+            bad = {k: v for k, v in computed.items() if not is_finite_number(v)}
+            reason = "returned non-finite " + ", ".join(f"{k}={v}" for k, v in bad.items())
+            computed = {k: float(v) for k, v in computed.items() if k not in bad}
+            if not bad:
+                return computed
+        run.metric_errors[name] = reason
+        print(f"warning: metric {name!r} at step {run.step}: {reason}", file=sys.stderr)
+        return computed
+
+
+def is_finite_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def run_name(config: RunConfig) -> str:
     parts = (config.prior, config.cond, config.backbone, config.dataset, f"s{config.seed}")
     return "-".join((*parts, config.short_hash()))
 
 
-def execute(run: Run, resume: bool = False) -> dict[str, float]:
-    """Train and evaluate a built run in ``run.directory``; keep run.json's status honest."""
+def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train and evaluate a built run in ``run.directory``; keep run.json's status honest.
+
+    ``resume``: a resume record (``changed`` flags, ...) to continue the run from its
+    checkpoint, or from step 0 when it stopped before its first one. The caller holds the
+    directory's ``RunLock``. Raises ``KeyboardInterrupt`` (status ``interrupted``),
+    ``Diverged`` or any other error (status ``failed``).
+    """
     assert run.directory is not None
     directory, hook = run.directory, run.pm.hook
     trainer = Trainer(run)
-    info = {"run_id": directory.name, "seed": run.config.seed, "status": "running",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": results.environment()}
-    if resume:
-        info = {**results.read_json(directory / results.RUN), "status": "running"}
-        trainer.load_state_dict(torch.load(directory / results.CHECKPOINT, weights_only=False))
+    now = now_stamp()
+    if resume is not None:
+        checkpoint = directory / results.CHECKPOINT
+        if checkpoint.exists():
+            trainer.load_state_dict(results.load_checkpoint(checkpoint, run.identity(), run.device))
+        info = results.read_json(directory / results.RUN)
+        record = {"time": now, "from_step": run.step, "command": sys.argv, **resume}
+        info.update(status="running", resumes=[*info.get("resumes", []), record])
     else:
-        results.atomic_write_json(
-            directory / results.CONFIG,
-            {"config": run.config.model_dump(mode="json"), "resolved": run.resolved},
-        )
+        info = {"run_id": directory.name, "seed": run.config.seed, "status": "running",
+                "started": now, "environment": results.environment()}
+    results.atomic_write_json(
+        directory / results.CONFIG,
+        {"config": run.config.model_dump(mode="json"), "resolved": run.resolved},
+    )
     results.atomic_write_json(directory / results.RUN, info)
-    hook.harness_run_started(run=run)
     try:
-        if not resume:
-            trainer.setup()
-        trainer.train()
-        metrics = trainer.evaluate()
+        with trainer.interruptible():
+            hook.harness_run_started(run=run)
+            if trainer.checkpointed_step is None:
+                trainer.setup()
+            trainer.train()
+            metrics = trainer.evaluate()
+            results.atomic_write_json(
+                directory / results.METRICS, {**metrics, "eval_samples": run.config.eval_samples}
+            )
+            hook.harness_evaluated(run=run, step=run.step, metrics=metrics)
+            hook.harness_run_finished(run=run, metrics=metrics)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        info.update(status=status, error=f"{type(exc).__name__}: {exc}", step=run.step,
-                    timings=run.timings)
+        error = (f"stopped by {run.stop_signal or 'request'}" if status == "interrupted"
+                 else f"{type(exc).__name__}: {exc}")
+        info.update(status=status, error=error, step=run.step, timings=run.timings,
+                    checkpoint_step=trainer.checkpointed_step)
         results.atomic_write_json(directory / results.RUN, info)
         raise
-    results.atomic_write_json(
-        directory / results.METRICS, {**metrics, "eval_samples": run.config.eval_samples}
-    )
-    hook.harness_evaluated(run=run, step=run.step, metrics=metrics)
     run.timings["recluster_share"] = run.timings.get("recluster_s", 0.0) / max(
         run.timings["train_s"], 1e-9
     )
-    info.update(status="finished", step=run.step, timings=run.timings,
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    info.update(status="finished", step=run.step, timings=run.timings, finished=now_stamp(),
+                checkpoint_step=trainer.checkpointed_step)
     info.pop("error", None)
+    info.pop("metric_errors", None)
+    if run.metric_errors:
+        info["metric_errors"] = run.metric_errors
     results.atomic_write_json(directory / results.RUN, info)
-    hook.harness_run_finished(run=run, metrics=metrics)
     return metrics
+
+
+def now_stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from harness.cli import build_parser
-from harness.config import COMPONENT_FIELDS, load_toml, make_config
+from harness.config import COMPONENT_FIELDS, load_config_file, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_readme_flags_exist():
 
 def test_configs_validate_with_their_plugins(pm):
     for path in sorted((ROOT / "configs").glob("*.toml")):
-        config = make_config(load_toml(path))
+        config = make_config(load_config_file(path))
         for field, family in COMPONENT_FIELDS.items():
             cls = pm.get(family, getattr(config, field)).load()
             cls.Options.model_validate(getattr(config, f"{field}_options"))
