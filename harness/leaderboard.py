@@ -1,81 +1,225 @@
-"""Aggregate run directories into a pandas leaderboard: one row per composition."""
+"""Aggregate run directories into a pandas leaderboard: one row per composition.
+
+A run that cannot be used (unreadable files, an invalid config, metrics that are not finite
+numbers, a repeat of an earlier run's composition and seed) is left out with a one-line
+warning; the table is always built from the rest.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import reprlib
+import sys
 import tomllib
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from harness import results
-from harness.config import COMPONENT_FIELDS, NON_SCIENTIFIC
+from harness.config import COMPONENT_FIELDS, make_config
 from harness.errors import HarnessError
 
 ALWAYS_SHOWN = ("dataset", "cond", "prior", "backbone")
 """Shown in every printed table; other keys only where their defined values differ."""
 RUN_COLUMNS = ("run_id", "seed", "status")
+JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+              float: "number", type(None): "null"}
+"""What ``json.loads`` returns -> its JSON name, for messages."""
+
+Warn = Callable[[str], None]
+"""Receives one line per run left out of the leaderboard (without the ``warning:`` prefix)."""
+
+
+def warn_stderr(message: str) -> None:
+    """Print ``warning: <message>`` on stderr (``load_runs``'s default ``warn``)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class Unusable(Exception):
+    """A run directory the leaderboard cannot count; the message names the file and why."""
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
-    """Run directories among ``paths``: each is a run dir or a folder of run dirs."""
-    found = []
+    """Run directories among ``paths``: each is a run dir or a folder of run dirs.
+
+    A directory reached twice (e.g. through a folder and by name) is listed once.
+    """
+    found, seen = [], set()
     for path in map(Path, paths):
         if (path / results.RUN).exists():
-            found.append(path)
+            candidates = [path]
         elif path.is_dir():
-            found.extend(sorted(p.parent for p in path.glob(f"*/{results.RUN}")))
+            candidates = sorted(p.parent for p in path.glob(f"*/{results.RUN}"))
         else:
             raise HarnessError(f"not a run directory or a folder of runs: {path}")
+        for run_dir in candidates:
+            if os.path.realpath(run_dir) not in seen:
+                seen.add(os.path.realpath(run_dir))
+                found.append(run_dir)
     return found
 
 
 def _cell(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else value
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict, tuple)) else value
+
+
+def _name(text: str) -> str:
+    """A key or status found in a file, quoted and shortened unless short and printable."""
+    return text if text.isprintable() and 0 < len(text) <= 40 else reprlib.repr(text)
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``Unusable`` if it is missing, unreadable or not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise Unusable(f"{path.name} is missing") from None
+    except OSError as exc:
+        raise Unusable(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # also non-UTF-8 bytes and integers too long to parse
+        raise Unusable(f"{path.name} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise Unusable(f"{path.name} is nested too deeply to read") from None
+    if not isinstance(value, dict):
+        raise Unusable(f"{path.name} holds a JSON {JSON_TYPES[type(value)]}, not an object")
+    return value
+
+
+def _options(resolved: dict[str, Any], key: str) -> dict[str, Any]:
+    entry = resolved.get(key)
+    options = entry.get("options") if isinstance(entry, dict) else None
+    if not isinstance(options, dict):
+        raise Unusable(f"{results.CONFIG} has no resolved options for {key}")
+    return options
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
-    """One flat row: resolved config (component options as ``prior.sigma``), then metrics."""
-    saved = results.read_json(run_dir / results.CONFIG)
-    config, resolved = saved["config"], saved["resolved"]
+    """One flat row: resolved config (component options as ``prior.sigma``).
+
+    Raises ``Unusable`` when ``config.json`` is missing, unreadable, or not a valid
+    ``RunConfig`` with every component's resolved options.
+    """
+    saved = read_object(run_dir / results.CONFIG)
+    if not isinstance(saved.get("config"), dict):
+        raise Unusable(f'{results.CONFIG} has no "config" object')
+    try:
+        config = make_config(saved["config"]).identity()
+    except HarnessError as exc:
+        raise Unusable(f"{results.CONFIG}: {exc}") from None
+    resolved = saved.get("resolved")
+    if not isinstance(resolved, dict):
+        raise Unusable(f'{results.CONFIG} has no "resolved" object')
+    metric_options = resolved.get("metrics", {})
+    if not isinstance(metric_options, dict) or not all(
+        isinstance(opts, dict) for opts in metric_options.values()
+    ):
+        raise Unusable(f"{results.CONFIG}: resolved metric options are not objects")
     row: dict[str, Any] = {"run_id": run_dir.name, "seed": config["seed"]}
-    for key, value in config.items():
-        if key in NON_SCIENTIFIC or key == "seed" or key.endswith("_options"):
-            continue
-        row[key] = _cell(value)
-    row["z_dim"] = resolved.get("z_dim", config.get("z_dim"))
+    for key, value in sorted(config.items()):
+        if key != "seed" and not key.endswith("_options"):
+            row[key] = _cell(value)
+    row["z_dim"] = _cell(resolved.get("z_dim", config["z_dim"]))
     for fld in COMPONENT_FIELDS:
-        for opt, value in resolved[fld]["options"].items():
+        for opt, value in _options(resolved, fld).items():
             row[f"{fld}.{opt}"] = _cell(value)
-    for metric, opts in resolved.get("metrics", {}).items():
+    for metric, opts in metric_options.items():
         for opt, value in opts.items():
             row[f"{metric}.{opt}"] = _cell(value)
     return row
 
 
-def load_runs(paths: Iterable[Path]) -> tuple[pd.DataFrame, list[str]]:
-    """Finished runs as a frame, and the names of its metric columns."""
-    rows, metric_names = [], []
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range
+        return False
+
+
+def read_metrics(run_dir: Path) -> dict[str, int | float]:
+    """``metrics.json``; ``Unusable`` unless it is an object of finite numbers."""
+    metrics = read_object(run_dir / results.METRICS)
+    bad = [f"{_name(k)}={reprlib.repr(v)}" for k, v in metrics.items() if not _is_finite_number(v)]
+    if bad:
+        raise Unusable(f"{results.METRICS} has values that are not finite numbers: "
+                       + ", ".join(bad))
+    return metrics
+
+
+def _started(info: dict[str, Any]) -> float:
+    """``run.json``'s start time as a POSIX timestamp; infinity when absent or invalid."""
+    try:
+        return datetime.fromisoformat(info["started"]).timestamp()
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        return math.inf
+
+
+def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr) -> tuple[pd.DataFrame, list[str]]:
+    """Finished runs as a frame, one per composition and seed, and its metric column names.
+
+    Each run left out is reported to ``warn`` in one line: an unusable one (with the reason),
+    a duplicate (same composition and seed as an earlier-started run, which is the one kept);
+    runs not finished (running, interrupted, failed) are summed up in one line by status.
+    A ``metrics.json`` key that names a config column (``eval_samples``) is not a metric.
+    """
+    loaded: list[tuple[tuple[float, str, str], dict[str, Any], dict[str, Any]]] = []
+    unfinished: Counter[str] = Counter()
     for run_dir in discover(paths):
-        if not results.is_finished(run_dir):
+        try:
+            info = read_object(run_dir / results.RUN)
+            status = info.get("status")
+            if not isinstance(status, str):
+                raise Unusable(f"{results.RUN} has no status (found {reprlib.repr(status)})")
+            if status != "finished":
+                unfinished[status] += 1
+                continue
+            row, metrics = run_row(run_dir), read_metrics(run_dir)
+        except Unusable as exc:
+            warn(f"{run_dir}: {exc}; skipped")
             continue
-        row = run_row(run_dir)
-        metrics = results.read_json(run_dir / results.METRICS)
-        for name, value in metrics.items():
-            if name not in metric_names:
-                metric_names.append(name)
-            row[name] = value
-        rows.append(row)
-    return pd.DataFrame(rows), metric_names
+        loaded.append(((_started(info), run_dir.name, str(run_dir)), row, metrics))
+    if unfinished:
+        total = sum(unfinished.values())
+        counts = ", ".join(f"{n} {_name(s)}" for s, n in sorted(unfinished.items()))
+        warn(f"skipped {total} unfinished run{'s' * (total > 1)}: {counts}")
+    kept: dict[str, str] = {}
+    rows: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for (_, run_id, where), row, metrics in sorted(loaded, key=lambda item: item[0]):
+        # None and absent group alike (as NaN), so they must not tell runs apart here either
+        composition = {k: v for k, v in row.items() if k != "run_id" and v is not None}
+        key = json.dumps(composition, sort_keys=True)
+        if key in kept:
+            warn(f"{where}: duplicate of {kept[key]} (same composition and seed "
+                 f"{row['seed']}); not counted")
+            continue
+        kept[key] = run_id
+        rows.append((row, metrics))
+    config_columns = {key for row, _ in rows for key in row} | set(RUN_COLUMNS)
+    metric_names = list(dict.fromkeys(
+        name for _, metrics in rows for name in metrics if name not in config_columns
+    ))
+    frame = pd.DataFrame([
+        {**row, **{k: v for k, v in metrics.items() if k not in config_columns}}
+        for row, metrics in rows
+    ])
+    return frame, metric_names
 
 
 def aggregate(
     frame: pd.DataFrame, metrics: list[str], group_by: list[str] | None = None
 ) -> pd.DataFrame:
-    """Mean and std over seeds per composition; ``group_by`` defaults to every config column."""
+    """Mean and std of each metric per group; ``group_by`` defaults to every config column.
+
+    ``n_seeds`` counts a group's runs: by default its distinct seeds, since ``load_runs``
+    keeps one run per composition and seed.
+    """
     if frame.empty:
         return frame
     keys = group_by or [c for c in frame.columns if c not in metrics and c not in RUN_COLUMNS]
@@ -102,7 +246,7 @@ def render(
     view = table[[k for k in ALWAYS_SHOWN if k in table] + varying].copy()
     view["seeds"] = table["n_seeds"]
     for metric in metrics:
-        if f"{metric}_mean" not in table or metric == "eval_samples":
+        if f"{metric}_mean" not in table:
             continue
         mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0.0)
         view[metric] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, std, strict=True)]
