@@ -5,21 +5,27 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from harness import hookspecs
-from harness.errors import PluginError
+from harness.errors import LifecycleHookError, PluginError
 
 ENTRY_POINT_GROUP = "harness.plugins"
 ALLOW_ENV = "HARNESS_LOAD_PLUGINS"
 """Comma-separated allow-list of entry-point names to load; an empty string loads none."""
 BLOCK_ENV = "HARNESS_BLOCK_PLUGINS"
 """Comma-separated entry-point names never to load (the escape hatch for a broken plugin)."""
+
+SINGULAR = {"priors": "prior", "conditioners": "conditioner", "backbones": "backbone",
+            "datasets": "dataset", "metrics": "metric", "losses": "loss"}
+"""One component of each family, for messages."""
+HOOK_NAMES = tuple(name for name in vars(hookspecs) if name.startswith("harness_"))
 
 
 @dataclass
@@ -40,20 +46,34 @@ class ComponentEntry:
             self.target = getattr(importlib.import_module(module_name), attr)
         except Exception as exc:
             raise PluginError(
-                f'Error importing {self.family[:-1]} "{self.name}" from {self.provider} '
+                f'Error importing {SINGULAR[self.family]} "{self.name}" from {self.provider} '
                 f"({module_name}:{attr}): {type(exc).__name__}: {exc}"
             ) from exc
         return self.target
 
 
 @dataclass
+class Catalogue:
+    """What the registration hooks of all plugins add up to, with what went wrong."""
+
+    registries: dict[str, dict[str, ComponentEntry]]
+    conflicts: dict[str, dict[str, str]]
+    """family -> name registered by several plugins -> the error naming them."""
+    errors: dict[str, str]
+
+
+@dataclass
 class PluginManager:
-    """Wraps a pluggy manager for project ``harness``; built-ins and third parties alike."""
+    """Wraps a pluggy manager for project ``harness``; built-ins and third parties alike.
+
+    A broken plugin never stops the harness: it is skipped (whole, or its contribution to one
+    family) and ``load_errors`` says why in one line.
+    """
 
     pm: pluggy.PluginManager = field(default_factory=lambda: pluggy.PluginManager("harness"))
-    load_errors: dict[str, str] = field(default_factory=dict)
     providers: dict[str, str] = field(default_factory=dict)
-    _registries: dict[str, dict[str, ComponentEntry]] | None = None
+    _skipped: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _catalogue: Catalogue | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.pm.add_hookspecs(hookspecs)
@@ -62,78 +82,200 @@ class PluginManager:
     def hook(self) -> Any:
         return self.pm.hook
 
-    def load_entrypoints(self) -> None:
-        """Register every module of the ``harness.plugins`` group; safe to call twice.
+    @property
+    def load_errors(self) -> dict[str, str]:
+        """Every problem with the plugins, one line each naming the plugin and its package.
 
-        A module that fails to import is recorded in ``load_errors``; the others still load.
+        Keys: the plugin name (skipped whole), ``"<plugin> <hook>"`` (a registration hook
+        that failed: the plugin's components of that family are skipped) or ``"<family>
+        <name>"`` (a name several plugins register: unusable until one goes).
         """
+        return {**self._skipped, **self._catalog().errors}
+
+    def load_entrypoints(self) -> None:
+        """Register every module of the ``harness.plugins`` group; safe to call twice."""
         allow = os.environ.get(ALLOW_ENV)
         allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
         blocked = {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in blocked or (allowed is not None and ep.name not in allowed):
-                continue
-            if self.pm.has_plugin(ep.name) or ep.name in self.load_errors:
-                continue
-            dist = ep.dist.name if ep.dist else "?"
-            version = ep.dist.version if ep.dist else "?"
-            try:
-                module = ep.load()
-            except Exception as exc:
-                self.load_errors[ep.name] = (
-                    f'Error importing plugin "{ep.name}" ({ep.value}): {type(exc).__name__}: {exc}'
-                )
-                continue
-            self.register(module, name=ep.name, provider=f"{dist} {version}")
+            if ep.name not in blocked and (allowed is None or ep.name in allowed):
+                self.load_entrypoint(ep)
+
+    def load_entrypoint(self, ep: EntryPoint) -> None:
+        """Import and register one entry point; if it is broken, skip it and record why."""
+        provider = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
+        if ep.name in self._skipped or self.providers.get(ep.name) == provider:
+            return
+        if self.pm.has_plugin(ep.name):
+            self._skipped[ep.name] = (
+                f'plugin "{ep.name}" ({provider}) skipped: the name is taken by '
+                f"{self.providers.get(ep.name, ep.name)}"
+            )
+            return
+        try:
+            module = ep.load()
+        except Exception as exc:
+            self._skipped[ep.name] = (
+                f'plugin "{ep.name}" ({provider}) skipped: error importing {ep.value}: '
+                f"{describe(exc)}"
+            )
+            return
+        try:
+            self.register(module, name=ep.name, provider=provider)
+        except PluginError as exc:
+            self._skipped[ep.name] = str(exc)
 
     def register(self, plugin: ModuleType | object, name: str, provider: str | None = None) -> None:
-        """Register a plugin object; unknown ``harness_*`` hooks are an error."""
-        self.pm.register(plugin, name=name)
-        self.providers[name] = provider or name
-        self._registries = None
+        """Register a plugin object under ``name``.
+
+        A hook it gets wrong (an unknown ``harness_*`` name, an argument the hook does not
+        have, a wrapper) is a ``PluginError`` naming it; nothing of it stays registered.
+        """
+        who = f'plugin "{name}" ({provider or name})'
+        if self.pm.has_plugin(name):
+            taken_by = self.providers.get(name, name)
+            raise PluginError(f"{who} skipped: the name is taken by {taken_by}")
+        if self.pm.is_registered(plugin):
+            raise PluginError(f"{who} skipped: already registered as {self.pm.get_name(plugin)}")
         try:
-            self.pm.check_pending()
+            self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
+            if self.pm.get_plugin(name) is plugin:  # pluggy < 1.7 registers it partly
+                self.pm.unregister(name=name)
+            raise PluginError(f"{who} skipped: {one_line(str(exc))}") from exc
+        problems = self._hook_problems(plugin)
+        if problems:
             self.pm.unregister(name=name)
-            del self.providers[name]
-            raise PluginError(f'Plugin "{name}": {exc}') from exc
+            raise PluginError(f"{who} skipped: {'; '.join(problems)}")
+        self.providers[name] = provider or name
+        self._catalogue = None
+
+    def _hook_problems(self, plugin: object) -> list[str]:
+        """What pluggy lets through but the harness cannot use: unknown hooks, wrappers."""
+        problems = []
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            impls = [impl for impl in caller.get_hookimpls() if impl.plugin is plugin]
+            if not caller.has_spec():
+                if not all(impl.optionalhook for impl in impls):
+                    close = difflib.get_close_matches(caller.name, HOOK_NAMES, n=1, cutoff=0.8)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    problems.append(f"unknown hook {caller.name}{hint}")
+            elif any(impl.wrapper or impl.hookwrapper for impl in impls):
+                problems.append(f"{caller.name} is a wrapper; harness hooks take plain functions")
+        return problems
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self.providers.pop(name, None)
-        self._registries = None
+        self._catalogue = None
 
     def registry(self, family: str) -> dict[str, ComponentEntry]:
-        """All components of one family, merged over plugins; duplicate names are an error."""
-        if self._registries is None:
-            self._registries = {fam: self._collect(fam) for fam in hookspecs.FAMILIES}
-        return self._registries[family]
+        """All usable components of one family, merged over plugins, sorted by name.
 
-    def _collect(self, family: str) -> dict[str, ComponentEntry]:
-        caller = getattr(self.pm.hook, f"harness_{family}")
-        entries: dict[str, ComponentEntry] = {}
-        for impl in caller.get_hookimpls():
-            plugin_name = self.pm.get_name(impl.plugin) or "?"
-            provider = f"{plugin_name} ({self.providers.get(plugin_name, plugin_name)})"
-            for name, target in (impl.function() or {}).items():
-                if name in entries:
-                    raise PluginError(
-                        f'{family[:-1]} "{name}" is registered twice: by '
-                        f"{entries[name].provider} and by {provider}"
-                    )
-                entries[name] = ComponentEntry(name, family, target, provider)
-        return dict(sorted(entries.items()))
+        A name that several plugins register is left out (``get`` says why).
+        """
+        return self._catalog().registries[family]
+
+    def _catalog(self) -> Catalogue:
+        if self._catalogue is None:
+            self._catalogue = Catalogue({}, {}, {})
+            for family in hookspecs.FAMILIES:
+                self._collect(family, self._catalogue)
+        return self._catalogue
+
+    def _collect(self, family: str, catalogue: Catalogue) -> None:
+        hook_name = f"harness_{family}"
+        found: dict[str, list[ComponentEntry]] = {}
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            plugin = impl.plugin_name
+            provider = f"{plugin} ({self.providers.get(plugin, plugin)})"
+            try:
+                components = contribution(impl.function)
+            except PluginError as exc:
+                catalogue.errors[f"{plugin} {hook_name}"] = (
+                    f"{self._who(plugin)}: {hook_name} {exc}; its {family} are skipped"
+                )
+                continue
+            for name, target in components.items():
+                found.setdefault(name, []).append(ComponentEntry(name, family, target, provider))
+        catalogue.registries[family] = {}
+        catalogue.conflicts[family] = {}
+        for name, entries in sorted(found.items()):
+            if len(entries) == 1:
+                catalogue.registries[family][name] = entries[0]
+                continue
+            times = "twice" if len(entries) == 2 else f"{len(entries)} times"
+            by = " and ".join(f"by {entry.provider}" for entry in entries)
+            message = (
+                f'{SINGULAR[family]} "{name}" is registered {times}: {by}; neither is used '
+                "until one is uninstalled or blocked with HARNESS_BLOCK_PLUGINS"
+            )
+            catalogue.conflicts[family][name] = message
+            catalogue.errors[f"{family} {name}"] = message
 
     def get(self, family: str, name: str) -> ComponentEntry:
-        """Look a component up by name; an unknown name suggests the closest valid ones."""
+        """Look a component up by name; an unknown name suggests the closest valid one."""
         registry = self.registry(family)
         if name in registry:
             return registry[name]
-        close = difflib.get_close_matches(name, registry, n=1)
+        if name in self._catalog().conflicts[family]:
+            raise PluginError(self._catalog().conflicts[family][name])
+        same_but_case = [n for n in registry if n.casefold() == name.casefold()]
+        close = same_but_case or difflib.get_close_matches(name, registry, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise PluginError(
-            f"unknown {family[:-1]} {name!r}.{hint} Available: {', '.join(registry) or 'none'}"
+            f"unknown {SINGULAR[family]} {name!r}.{hint} "
+            f"Available: {', '.join(registry) or 'none'}"
         )
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation of lifecycle hook ``hook_name``, in pluggy's order.
+
+        One that raises stops the call: ``LifecycleHookError`` names its plugin, package and
+        the hook, with the exception as ``__cause__``.
+        """
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            args = [kwargs[arg] for arg in impl.argnames]
+            try:
+                impl.function(*args)
+            except Exception as exc:
+                raise LifecycleHookError(
+                    f"{self._who(impl.plugin_name)} failed in {hook_name}: {describe(exc)}"
+                ) from exc
+
+    def _who(self, plugin: str) -> str:
+        return f'plugin "{plugin}" ({self.providers.get(plugin, plugin)})'
+
+
+def contribution(hook: Callable[[], Any]) -> dict[str, Any]:
+    """What a registration hook returns, checked; a ``PluginError`` says what is wrong."""
+    try:
+        result = hook()
+    except Exception as exc:
+        raise PluginError(f"raised {describe(exc)}") from exc
+    expected = 'not a mapping of name to class or "module:Class" string'
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        raise PluginError(f"returned {article(type(result).__name__)}, {expected}")
+    for name, target in result.items():
+        module, colon, attr = target.partition(":") if isinstance(target, str) else ("", "", "")
+        if not isinstance(name, str) or not (isinstance(target, type) or module and colon and attr):
+            raise PluginError(f"returned {name!r}: {target!r}, {expected}")
+    return dict(result)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one line: its type and message."""
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def article(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 _default: PluginManager | None = None

@@ -1,15 +1,16 @@
 """Plugin discovery, registries, duplicate names, load failures and the escape hatches."""
 
+import re
 import tomllib
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
 from harness import hookimpl, hookspecs
-from harness.api import Options, Prior
-from harness.errors import PluginError
-from harness.manager import PluginManager
+from harness.api import Loss, Options, Prior
+from harness.errors import LifecycleHookError, PluginError
+from harness.manager import SINGULAR, PluginManager
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_INS = {
@@ -55,16 +56,25 @@ def test_listing_does_not_import_components():
 class Duplicate:
     @hookimpl
     def harness_priors(self):
-        return {"gaussian": Prior}
+        return {"gaussian": Prior, "dupe_only": Prior}
 
 
-def test_duplicate_name_is_an_error_naming_both_providers():
+def test_duplicate_name_is_an_error_only_when_used_naming_both_providers():
     pm = PluginManager()
     pm.load_entrypoints()
     pm.register(Duplicate(), name="dupe-plugin")
-    expected = r'prior "gaussian" is registered twice: by priors .*dupe-plugin'
+    registry = pm.registry("priors")
+    assert "gaussian" not in registry and {"uniform", "dupe_only"} <= set(registry)
+    expected = (
+        r'prior "gaussian" is registered twice: by priors \(gan-harness .*\) and by dupe-plugin '
+        r"\(dupe-plugin\); neither is used until one is uninstalled or blocked with "
+        r"HARNESS_BLOCK_PLUGINS"
+    )
     with pytest.raises(PluginError, match=expected):
-        pm.registry("priors")
+        pm.get("priors", "gaussian")
+    assert re.fullmatch(expected, pm.load_errors["priors gaussian"])
+    pm.unregister("dupe-plugin")
+    assert "gaussian" in pm.registry("priors") and "priors gaussian" not in pm.load_errors
 
 
 class Misspelled:
@@ -72,17 +82,67 @@ class Misspelled:
     def harness_prior(self):  # not a hook
         return {}
 
+    @hookimpl
+    def harness_losses(self):
+        return {"typo_loss": Loss}
+
 
 def test_misspelled_hook_is_an_error_not_silence():
     pm = PluginManager()
-    with pytest.raises(PluginError, match="harness_prior"):
+    expected = (
+        'plugin "typo" (typo) skipped: unknown hook harness_prior '
+        "(did you mean harness_priors?)"
+    )
+    with pytest.raises(PluginError, match=re.escape(expected)):
         pm.register(Misspelled(), name="typo")
-    assert not pm.pm.has_plugin("typo")
+    assert not pm.pm.has_plugin("typo") and pm.registry("losses") == {}
+    with pytest.raises(PluginError, match=r"unknown hook harness_check_pending$"):  # no hint
+        pm.register(module_plugin("far", harness_check_pending=lambda: None), name="far")
+
+
+class WrongArgument:
+    @hookimpl
+    def harness_priors(self):
+        return {"never_seen": Prior}
+
+    @hookimpl
+    def harness_step_end(self, run, stepp, losses):
+        pass
+
+
+class Wrapper:
+    @hookimpl(wrapper=True)
+    def harness_step_end(self, run, step, losses):
+        return (yield)
+
+
+def test_a_hook_with_an_argument_the_spec_lacks_is_refused_whole():
+    pm = PluginManager()
+    with pytest.raises(PluginError, match=r"stepp.*can not be found in the hookspec") as info:
+        pm.register(WrongArgument(), name="bad-args", provider="dist-bad 1.0")
+    assert str(info.value).startswith('plugin "bad-args" (dist-bad 1.0) skipped: ')
+    assert "\n" not in str(info.value)
+    assert not pm.pm.has_plugin("bad-args") and pm.registry("priors") == {}
+
+
+def test_a_wrapper_is_refused():
+    pm = PluginManager()
+    with pytest.raises(PluginError, match="harness_step_end is a wrapper"):
+        pm.register(Wrapper(), name="wrapper")
+    assert not pm.pm.has_plugin("wrapper")
 
 
 def test_unknown_name_suggests_the_closest(pm):
     with pytest.raises(PluginError, match="Did you mean 'kmeans_d'.*Available: gmm, ground_truth"):
         pm.get("conditioners", "kmeans-d")
+
+
+def test_unknown_name_is_singular_and_a_case_slip_suggests_the_name(pm):
+    with pytest.raises(PluginError, match=r"^unknown loss 'hinj'\. Did you mean 'hinge'\?"):
+        pm.get("losses", "hinj")
+    with pytest.raises(PluginError, match=r"^unknown backbone 'MLP'\. Did you mean 'mlp'\?"):
+        pm.get("backbones", "MLP")
+    assert set(SINGULAR) == set(hookspecs.FAMILIES)
 
 
 def test_lazy_target_that_fails_to_import_is_reported_by_name():
@@ -98,13 +158,13 @@ def test_lazy_target_that_fails_to_import_is_reported_by_name():
         pm.get("priors", "ghost").load()
 
 
-def fake_entry_point(name, target, fails=False):
+def fake_entry_point(name, target, fails=False, dist_name=None):
     def load():
         if fails:
             raise ImportError("No module named 'missing_dependency'")
         return target
 
-    dist = SimpleNamespace(name=f"dist-{name}", version="1.0")
+    dist = SimpleNamespace(name=dist_name or f"dist-{name}", version="1.0")
     return SimpleNamespace(name=name, value=f"{name}_module", dist=dist, load=load)
 
 
@@ -114,15 +174,144 @@ class ExtraPrior:
         return {"extra": Prior}
 
 
-def test_a_plugin_that_fails_to_import_does_not_take_the_others_down(monkeypatch):
-    eps = [fake_entry_point("broken", None, fails=True), fake_entry_point("extra", ExtraPrior())]
+def module_plugin(name, **hooks):
+    """A plugin module, as an entry point loads it, with ``hooks`` as its functions."""
+    module = ModuleType(name)
+    for hook_name, function in hooks.items():
+        function.__name__ = hook_name
+        setattr(module, hook_name, hookimpl(function))
+    return module
+
+
+def test_broken_plugins_are_named_and_skipped_and_the_rest_works(monkeypatch):
+    def step_end(run, stepp, losses):
+        pass
+
+    eps = [
+        fake_entry_point("broken", None, fails=True),
+        fake_entry_point("bad_args", module_plugin("bad_args", harness_step_end=step_end)),
+        fake_entry_point("typo", module_plugin("typo", harness_backbone=lambda: {})),
+        fake_entry_point("extra", ExtraPrior()),
+        fake_entry_point("extra", ExtraPrior(), dist_name="other-dist"),
+    ]
     monkeypatch.setattr("harness.manager.entry_points", lambda group: eps)
     pm = PluginManager()
     pm.load_entrypoints()
     pm.load_entrypoints()  # safe to call twice
-    assert "missing_dependency" in pm.load_errors["broken"]
-    assert 'Error importing plugin "broken"' in pm.load_errors["broken"]
+    assert pm.load_errors == {
+        "broken": 'plugin "broken" (dist-broken 1.0) skipped: error importing broken_module: '
+                  "ImportError: No module named 'missing_dependency'",
+        "bad_args": 'plugin "bad_args" (dist-bad_args 1.0) skipped: '
+                    "Plugin 'bad_args' for hook 'harness_step_end'; "
+                    "hookimpl definition: harness_step_end(run, stepp, losses); "
+                    "Argument(s) {'stepp'} are declared in the hookimpl but can not be found "
+                    "in the hookspec",
+        "typo": 'plugin "typo" (dist-typo 1.0) skipped: unknown hook harness_backbone '
+                "(did you mean harness_backbones?)",
+        "extra": 'plugin "extra" (other-dist 1.0) skipped: the name is taken by dist-extra 1.0',
+    }
     assert pm.registry("priors")["extra"].provider == "extra (dist-extra 1.0)"
+    assert [pm.pm.get_name(p) for p in pm.pm.get_plugins()] == ["extra"]
+
+
+class BrokenRegistrations:
+    @hookimpl
+    def harness_priors(self):
+        raise RuntimeError("boom\nsecond line")
+
+    @hookimpl
+    def harness_backbones(self):
+        return ["mlp2"]
+
+    @hookimpl
+    def harness_losses(self):
+        return {"ok": Loss, "bad": 3}
+
+    @hookimpl
+    def harness_datasets(self):
+        return {"lazy": "no_colon_here"}
+
+    @hookimpl
+    def harness_metrics(self):
+        return {"fine": "some.module:Fine"}
+
+
+def test_a_broken_registration_hook_skips_that_family_only():
+    pm = PluginManager()
+    pm.register(BrokenRegistrations(), name="half", provider="dist-half 2.0")
+    pm.register(ExtraPrior(), name="extra")
+    assert set(pm.registry("priors")) == {"extra"}
+    assert pm.registry("backbones") == pm.registry("losses") == pm.registry("datasets") == {}
+    assert set(pm.registry("metrics")) == {"fine"}
+    who = 'plugin "half" (dist-half 2.0): '
+    mapping = 'not a mapping of name to class or "module:Class" string'
+    assert pm.load_errors == {
+        "half harness_priors": who + "harness_priors raised RuntimeError: boom; second line; "
+                               "its priors are skipped",
+        "half harness_backbones": who + f"harness_backbones returned a list, {mapping}; "
+                                  "its backbones are skipped",
+        "half harness_losses": who + f"harness_losses returned 'bad': 3, {mapping}; "
+                               "its losses are skipped",
+        "half harness_datasets": who + "harness_datasets returned 'lazy': 'no_colon_here', "
+                                 f"{mapping}; its datasets are skipped",
+    }
+    with pytest.raises(PluginError, match="unknown loss 'ok'"):
+        pm.get("losses", "ok")
+    pm.unregister("half")
+    assert pm.load_errors == {}
+
+
+class Recorder:
+    """A lifecycle plugin that records its calls, and raises if told to."""
+
+    def __init__(self, name, calls, fail=False):
+        self.name, self.calls, self.fail = name, calls, fail
+
+    @hookimpl
+    def harness_step_end(self, run, step, losses):
+        self.calls.append(self.name)
+        if self.fail:
+            raise ValueError(f"bad step {step}\nsecond line")
+
+
+class First(Recorder):
+    @hookimpl(tryfirst=True)
+    def harness_step_end(self, step):
+        self.calls.append(self.name)
+
+
+class Last(Recorder):
+    @hookimpl(trylast=True)
+    def harness_step_end(self, run):
+        self.calls.append(self.name)
+
+
+def test_notify_calls_in_pluggys_order():
+    pm = PluginManager()
+    calls: list[str] = []
+    for name, cls in [("a", Recorder), ("last", Last), ("b", Recorder), ("first", First),
+                      ("c", Recorder)]:
+        pm.register(cls(name, calls), name=name)
+    pm.hook.harness_step_end(run=None, step=1, losses={})
+    by_pluggy, calls[:] = list(calls), []
+    pm.notify("harness_step_end", run=None, step=1, losses={})
+    assert calls == by_pluggy == ["first", "c", "b", "a", "last"]
+    pm.notify("harness_run_finished", run=None, metrics={})  # no implementation: nothing
+
+
+def test_a_failing_lifecycle_hook_names_its_plugin_and_keeps_the_cause():
+    pm = PluginManager()
+    calls: list[str] = []
+    pm.register(Recorder("a", calls), name="a")
+    pm.register(Recorder("bad", calls, fail=True), name="bad", provider="dist-bad 1.0")
+    with pytest.raises(LifecycleHookError) as info:
+        pm.notify("harness_step_end", run=None, step=7, losses={})
+    assert str(info.value) == (
+        'plugin "bad" (dist-bad 1.0) failed in harness_step_end: ValueError: bad step 7; '
+        "second line"
+    )
+    assert isinstance(info.value.__cause__, ValueError)
+    assert calls == ["bad"]  # the last registered runs first; the rest are not called
 
 
 def test_allow_and_block_lists(monkeypatch):
