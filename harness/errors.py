@@ -33,8 +33,8 @@ class MetricError(HarnessError):
     """
 
 
-class LifecycleHookError(HarnessError):
-    """A plugin's lifecycle hook raised; names the plugin, its package and the hook.
+class LifecycleHookError(RunFailed):
+    """A plugin's lifecycle hook raised, so the run failed; the CLI exits 1.
 
-    The exception the hook raised is the ``__cause__``.
+    Names the plugin, its package and the hook; the hook's exception is the ``__cause__``.
     """
