@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from harness.api import DataSpec, from_uint8
-from harness.errors import MetricUnavailable
+from harness.errors import ConfigError, MetricError, MetricUnavailable
 from harness.manager import PluginManager
 from harness_plugins.datasets.digits import load_digits_32
 from harness_plugins.metrics import digit_classifier as dc
@@ -19,6 +20,7 @@ from harness_plugins.metrics.fidelity import (
     DigitsFidelity,
     InceptionFidelity,
     count_name,
+    inception_layout,
     joint_log_probs,
     register_digits_extractor,
 )
@@ -154,6 +156,12 @@ def test_fid_digits_real_vs_real_small_noise_large(classifier: Path, tmp_path: P
     assert only.compute(sampler(half_b), run) == {"fid_digits_800": real["fid_digits_800"]}
 
 
+def inception_like() -> dict[str, torch.Tensor]:
+    """A state dict with torch-fidelity's Inception-v3 names and shapes, each tensor one
+    stored zero (expanded), so the file is small."""
+    return {k: torch.zeros(()).expand(shape) for k, shape in inception_layout().items()}
+
+
 def test_fid_inception_needs_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("HARNESS_INCEPTION_WEIGHTS", raising=False)
@@ -165,9 +173,90 @@ def test_fid_inception_needs_weights(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(MetricUnavailable, match="missing.pth"):
         InceptionFidelity(InceptionFidelity.Options())
     weights = tmp_path / "inception.pth"
-    weights.touch()
+    torch.save(inception_like(), weights)
     monkeypatch.setenv("HARNESS_INCEPTION_WEIGHTS", str(weights))
     assert InceptionFidelity(InceptionFidelity.Options()).options.weights == weights.resolve()
+
+
+def test_fid_inception_refuses_garbage_weights(tmp_path: Path) -> None:
+    layout = inception_like()
+    files = {
+        "empty.pth": b"",
+        "garbage.pth": b"not a checkpoint",
+        "counter.pth": {"fc.weight": 1},
+        "no-fc.pth": {k: v for k, v in layout.items() if not k.startswith("fc.")},
+        "fc-1000.pth": {**layout, "fc.weight": torch.zeros(1000, 2048)},
+        "extra.pth": {**layout, "AuxLogits.fc.weight": torch.zeros(1)},
+    }
+    reasons = {
+        "empty.pth": "not a torch state dict of tensors",
+        "garbage.pth": "not a torch state dict of tensors",
+        "counter.pth": "hold a dict, not a state dict of tensors",
+        "no-fc.pth": "2 tensors missing (e.g. fc.weight)",
+        "fc-1000.pth": "1 tensors wrong shape (e.g. fc.weight)",
+        "extra.pth": "1 tensors unexpected (e.g. AuxLogits.fc.weight)",
+    }
+    for name, content in files.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        with pytest.raises(MetricUnavailable) as info:
+            InceptionFidelity(InceptionFidelity.Options(weights=path))
+        message = str(info.value)
+        assert str(path) in message and reasons[name] in message and "\n" not in message
+        assert "--inception-weights PATH" in message
+    no_counts = {k: v for k, v in layout.items() if not k.endswith("num_batches_tracked")}
+    torch.save(no_counts, tmp_path / "old.pth")  # BatchNorm counters may be absent
+    InceptionFidelity(InceptionFidelity.Options(weights=tmp_path / "old.pth"))
+
+
+def test_fidelity_options_fit_the_generated_images() -> None:
+    def error(**opts: object) -> str:
+        with pytest.raises(ValidationError) as info:
+            DigitsFidelity.Options(**opts)
+        return info.value.errors()[0]["msg"]
+
+    assert error(samples=5) == (
+        "Value error, isc_splits=10: more IS splits than the samples=5 generated images; "
+        "valid: isc_splits <= 5"
+    )
+    assert error(samples=3, isc_splits=3) == (
+        "Value error, prc_neighborhood=3: precision/recall needs more generated images "
+        "(samples=3) than neighbours; valid: prc_neighborhood < 3"
+    )
+    DigitsFidelity.Options(samples=5, metrics=["fid", "kid", "prc"])  # no IS: splits unused
+    DigitsFidelity.Options(samples=3, isc_splits=3, metrics=["fid", "is"])  # no PRC
+
+
+def test_fidelity_check_fits_the_real_images(classifier: Path, tmp_path: Path) -> None:
+    images, _ = load_digits_32()
+    metric = DigitsFidelity(DigitsFidelity.Options(samples=10, isc_splits=2, kid_subsets=2))
+    with pytest.raises(ConfigError) as info:
+        metric.check(SimpleNamespace(x=images[:3]))
+    assert str(info.value) == (
+        "invalid metric 'fid_digits' option prc_neighborhood=3: precision/recall needs more "
+        "than that many neighbours among the 3 real images (samples=10, 3 training images); "
+        "valid: prc_neighborhood < 3"
+    )
+    only_fid = DigitsFidelity(DigitsFidelity.Options(samples=10, isc_splits=2, metrics=["fid"]))
+    with pytest.raises(ConfigError, match="FID and KID need at least 2 real images, the dataset"):
+        only_fid.check(SimpleNamespace(x=images[:1]))
+    metric.check(SimpleNamespace(x=images[:4]))  # 4 real images: k = 3 fits
+    run = make_run(images[:4], DIGITS, tmp_path)
+    values = metric.compute(sampler(images[4:14]), run)
+    assert len(values) == 7 and all(math.isfinite(v) for v in values.values())
+
+
+def test_fidelity_refuses_non_finite_images(classifier: Path, tmp_path: Path) -> None:
+    images, _ = load_digits_32()
+    fake = from_uint8(images[:10])
+    fake[2, 0, 5, 5], fake[7] = float("nan"), float("inf")
+    metric = DigitsFidelity(DigitsFidelity.Options(samples=10, isc_splits=2))
+    run = make_run(images[:10], DIGITS, tmp_path)
+    with pytest.raises(MetricError, match="^fid_digits: 2 of 10 generated images are non-finite$"):
+        metric.compute(lambda n: (fake[:n], torch.zeros(n, dtype=torch.long)), run)
 
 
 def test_supports_and_registration(pm: PluginManager) -> None:

@@ -5,23 +5,29 @@
 Generated samples are torch-fidelity's input1, real training images (a seeded random
 subset of at most ``samples``) its input2. Result names carry the protocol:
 ``{fid,kid,is,precision,recall}_{extractor}_{samples}``, e.g. ``fid_inception_10k``.
+
+Options are checked before training: IS needs ``isc_splits`` <= ``samples``, precision/recall
+more images than ``prc_neighborhood`` on both sides, FID and KID two real images. Generated
+images with NaN or infinity make the metric fail (``MetricError``) instead of being scored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
+import warnings
 from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from harness.api import DataSpec, Metric, Options, Sampler, to_uint8
+from harness.api import Dataset, DataSpec, Metric, Options, Sampler, to_uint8
 from harness.config import INCEPTION_WEIGHTS_ENV
-from harness.errors import MetricUnavailable
+from harness.errors import ConfigError, MetricError, MetricUnavailable
 from harness_plugins.metrics.digit_classifier import (
     SIZE,
     SourceOptions,
@@ -136,15 +142,36 @@ class FidelityOptions(Options):
     kid_subset_size: int = Field(
         1000, ge=2, description="KID: subset size (capped at the number of images)"
     )
-    isc_splits: int = Field(10, ge=1, description="IS: number of splits")
-    prc_neighborhood: int = Field(3, ge=1, description="precision/recall: k of the k-NN radius")
+    isc_splits: int = Field(10, ge=1, description="IS: number of splits (at most samples)")
+    prc_neighborhood: int = Field(
+        3, ge=1, description="precision/recall: k of the k-NN radius (below the image counts)"
+    )
     batch_size: int = Field(128, ge=1, description="images per feature-extractor batch")
+
+    @model_validator(mode="after")
+    def _fit_the_generated_images(self) -> FidelityOptions:
+        """IS splits and the PRC neighbourhood against the ``samples`` generated images (the
+        real side depends on the dataset: ``FidelityMetric.check``)."""
+        if "is" in self.metrics and self.isc_splits > self.samples:
+            raise ValueError(
+                f"isc_splits={self.isc_splits}: more IS splits than the samples={self.samples} "
+                f"generated images; valid: isc_splits <= {self.samples}"
+            )
+        if "prc" in self.metrics and self.prc_neighborhood >= self.samples:
+            raise ValueError(
+                f"prc_neighborhood={self.prc_neighborhood}: precision/recall needs more "
+                f"generated images (samples={self.samples}) than neighbours; valid: "
+                f"prc_neighborhood < {self.samples}"
+            )
+        return self
 
 
 class FidelityMetric(Metric):
     """Shared implementation; subclasses name the extractor and its weights."""
 
     extractor_tag: ClassVar[str]
+    plugin_name: ClassVar[str]
+    """The name the metric is registered under, for messages."""
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)
@@ -167,12 +194,42 @@ class FidelityMetric(Metric):
         order = torch.randperm(len(run.dataset.x), generator=generator)
         return run.dataset.x[order[: self.options.samples]]
 
+    def check(self, dataset: Dataset) -> None:
+        """The real side, min(samples, training images): FID and KID need 2 images,
+        precision/recall more than ``prc_neighborhood``."""
+        opts = self.options
+        available = len(dataset.x)
+        real = min(opts.samples, available)
+        source = f"{real} real images (samples={opts.samples}, {available} training images)"
+        if {"fid", "kid"} & set(opts.metrics) and real < 2:
+            raise ConfigError(
+                f"metric {self.plugin_name!r}: FID and KID need at least 2 real images, the "
+                f"dataset has {available}; valid: a dataset of 2 or more training images, or "
+                "metrics without fid and kid"
+            )
+        if "prc" in opts.metrics and opts.prc_neighborhood >= real:
+            raise ConfigError(
+                f"invalid metric {self.plugin_name!r} option prc_neighborhood="
+                f"{opts.prc_neighborhood}: precision/recall needs more than that many "
+                f"neighbours among the {source}; valid: prc_neighborhood < {real}"
+            )
+
+    def generated_images(self, sample: Sampler) -> torch.Tensor:
+        """``samples`` generated images as uint8; MetricError if any holds NaN or infinity."""
+        x = sample(self.options.samples)[0]
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        if bad:
+            raise MetricError(
+                f"{self.plugin_name}: {bad} of {len(x)} generated images are non-finite"
+            )
+        return to_uint8(x)
+
     def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
         import torch_fidelity
 
         opts = self.options
         name, weights, tag = self.extractor(run)
-        fake = to_uint8(sample(opts.samples)[0])
+        fake = self.generated_images(sample)
         real = self.reference_images(run)
         cuda = run.device.type == "cuda"
         flags = {FLAGS[m]: m in opts.metrics for m in FLAGS}
@@ -216,6 +273,7 @@ class DigitsFidelity(FidelityMetric):
     (the tag names the classifier's training data); IS is over the 10**C digit combinations."""
 
     Options = DigitsFidelityOptions
+    plugin_name = "fid_digits"
 
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:
@@ -232,6 +290,58 @@ def inception_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
+def inception_layout() -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of torch-fidelity's Inception-v3, from the network built
+    on the meta device with weight loading skipped (no memory, nothing read)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Layout(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args: Any, **kwargs: Any) -> None:
+            """Skipped: only the architecture is wanted."""
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    with torch.device("meta"):
+        net = Layout(INCEPTION_EXTRACTOR, ["2048"], feature_extractor_weights_path=empty)
+    return {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
+
+
+def check_inception_weights(path: Path) -> None:
+    """MetricUnavailable unless ``path`` holds a state dict with the names and shapes of
+    torch-fidelity's Inception-v3 (BatchNorm's ``num_batches_tracked`` may be absent)."""
+    fix = (
+        f"pass --inception-weights PATH or set {INCEPTION_WEIGHTS_ENV}=PATH to a copy of "
+        f"torch-fidelity's {INCEPTION_FILE}"
+    )
+    try:
+        with warnings.catch_warnings():  # torch's notes on foreign pickles
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MetricUnavailable(
+            f"Inception-v3 weights {path} are not a torch state dict of tensors "
+            f"(torch.load(weights_only=True) failed: {type(exc).__name__}); {fix}"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise MetricUnavailable(
+            f"Inception-v3 weights {path} hold a {type(state).__name__}, not a state dict of "
+            f"tensors; {fix}"
+        )
+    layout = inception_layout()
+    missing = [k for k in layout if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in layout]
+    wrong = [k for k in layout if k in state and tuple(state[k].shape) != layout[k]]
+    for problem, keys in [("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)]:
+        if keys:
+            raise MetricUnavailable(
+                f"Inception-v3 weights {path} are not torch-fidelity's Inception-v3: "
+                f"{len(keys)} tensors {problem} (e.g. {keys[0]}); {fix}"
+            )
+
+
 class InceptionFidelityOptions(FidelityOptions):
     weights: Path | None = Field(
         None,
@@ -245,6 +355,7 @@ class InceptionFidelity(FidelityMetric):
     (the TF-FID port). Gray images are repeated to RGB. Weights are never downloaded."""
 
     Options = InceptionFidelityOptions
+    plugin_name = "fid_inception"
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)
@@ -256,6 +367,7 @@ class InceptionFidelity(FidelityMetric):
                 f"--inception-weights PATH or set {INCEPTION_WEIGHTS_ENV}=PATH to a copy of "
                 f"torch-fidelity's {INCEPTION_FILE}"
             )
+        check_inception_weights(path)
         self.options.weights = path.resolve()
 
     @classmethod
