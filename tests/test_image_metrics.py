@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from pathlib import Path
@@ -10,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from pydantic import ValidationError
+from torch import nn
 
-from harness.api import DataSpec, from_uint8
+from harness.api import DataSpec, Generator, from_uint8
 from harness.errors import ConfigError, MetricError, MetricUnavailable
 from harness.manager import PluginManager
 from harness_plugins.datasets.digits import load_digits_32
@@ -24,7 +26,9 @@ from harness_plugins.metrics.fidelity import (
     joint_log_probs,
     register_digits_extractor,
 )
+from harness_plugins.metrics.reconstruction import LPIPSReconstruction
 from harness_plugins.metrics.stacked import StackedModes
+from harness_plugins.priors.simple import Gaussian
 
 DIGITS = DataSpec(shape=(1, 32, 32), num_classes=10, has_labels=True, domain="digits")
 STACKED = DataSpec(shape=(3, 32, 32), num_classes=1000, has_labels=True, domain="digits")
@@ -281,3 +285,58 @@ def test_stacked_modes_real_vs_collapsed(classifier: Path, tmp_path: Path) -> No
     run.config.eval_samples = 500
     collapsed = metric.compute(sampler(triples[:1].expand(500, -1, -1, -1)), run)
     assert collapsed["modes"] == 1 and collapsed["rkl"] == pytest.approx(math.log(1000))
+
+
+def test_stacked_modes_refuses_non_finite_images(classifier: Path, tmp_path: Path) -> None:
+    fake = from_uint8(stacked_triples(50))
+    fake[[3, 9, 40], 1, 0, 0] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    run = make_run(fake, STACKED, tmp_path, eval_samples=50)
+    metric = StackedModes(StackedModes.Options())
+    with pytest.raises(MetricError) as info:
+        metric.compute(lambda n: (fake[:n], torch.zeros(n, dtype=torch.long)), run)
+    assert str(info.value) == "stacked_modes: 3 of 50 generated images are non-finite"
+
+
+class NaNAfter(Generator):
+    """x = tanh(A z) (1x8x8), NaN in every other image from its ``after``-th call on."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 64)
+        self.after, self.calls = after, 0
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.a(z)).view(-1, 1, 8, 8)
+        self.calls += 1
+        if self.calls <= self.after:
+            return x
+        return x.index_fill(0, torch.arange(0, len(x), 2), float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("after", "message"),
+    [
+        (0, "lpips_recon: 4 of 8 generated images of an encoder training batch are non-finite"),
+        (3, "lpips_recon: 2 of 4 reconstructions are non-finite (lpips_recon_alex_random_train)"),
+    ],
+)
+def test_lpips_recon_refuses_non_finite_generated_images(after: int, message: str) -> None:
+    pytest.importorskip("lpips")
+    prior = Gaussian(Gaussian.Options(), 4, 1)
+    dataset = SimpleNamespace(
+        x=torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8), x_heldout=None,
+        spec=DataSpec((1, 8, 8)),
+    )
+    run = SimpleNamespace(
+        eval_generator=NaNAfter(after), prior=prior, dataset=dataset, device=torch.device("cpu"),
+        conditioner=SimpleNamespace(
+            conditions_networks=False, sample_labels=lambda n, g: torch.zeros(n, dtype=torch.long)
+        ),
+        config=SimpleNamespace(seed=0), net_labels=torch.zeros_like,
+        seeded=lambda seed: contextlib.nullcontext(),
+    )
+    options = {"images": 4, "encoder_steps": 3, "latent_steps": 1, "batch": 8, "min_size": 32}
+    metric = LPIPSReconstruction(LPIPSReconstruction.Options(pretrained=False, **options))
+    with pytest.raises(MetricError) as info:
+        metric.compute(None, run)
+    assert str(info.value) == message

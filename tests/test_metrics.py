@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.errors import MetricError
 from harness_plugins.datasets.toy2d import Grid, GridOptions, Ring, RingOptions
 from harness_plugins.metrics.clusters import partition_scores
 from harness_plugins.metrics.modes import mode_statistics
@@ -89,3 +90,14 @@ def test_purity_is_measured_per_cluster_not_per_class():
     assert partition_scores(true, singletons)["purity"] == pytest.approx(1.0)
     # one-to-one Hungarian accuracy: only 4 singletons can be matched
     assert partition_scores(true, singletons)["acc"] == pytest.approx(0.04)
+
+
+def test_non_finite_samples_are_low_quality_and_of_no_mode():
+    good = at_modes([1, 3])  # 200 samples on modes 1 and 3
+    bad = torch.tensor([[float("nan"), 0.0], [float("inf"), 1.0], [0.0, -float("inf")]])
+    stats = mode_statistics(torch.cat([bad.repeat(100, 1)[:200], good]), CENTERS, STD)
+    assert stats["modes"] == 2
+    assert stats["hq_pct"] == 50.0  # all 400 samples in the denominator
+    assert stats["rkl"] == pytest.approx(math.log(4))  # two of 8 modes, none given to mode 0
+    with pytest.raises(MetricError, match="^modes_2d: all 3 generated samples are non-finite$"):
+        mode_statistics(bad, CENTERS, STD)

@@ -6,6 +6,8 @@ recover z and the class of G(z, c). For each real image x, the class is chosen a
 per image with Adam on ``|G(z, c) - x|_1 + feature_weight * ||F(G(z, c)) - F(x)||^2``
 (the paper's objective, lambda_f = 5e-4). The metric is the mean LPIPS between x and
 G(z*, c): lower is better. Targets are held-out real images when the dataset has them.
+A generator whose output holds NaN or infinity (in the encoder's training pairs or in the
+reconstructions) makes the metric fail with ``MetricError`` instead of averaging garbage.
 
 LPIPS never downloads: its linear layers ship with the ``lpips`` package, and the ImageNet
 backbone weights are read from torchvision's hub cache or from ``weights``.
@@ -26,7 +28,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from harness.api import DataSpec, Metric, Options, Sampler, from_uint8
-from harness.errors import MetricUnavailable
+from harness.errors import MetricError, MetricUnavailable
 
 if TYPE_CHECKING:
     from harness.trainer import Run
@@ -65,6 +67,11 @@ class ReconstructionOptions(Options):
         if self.weights is not None and not self.pretrained:
             raise ValueError("weights is only used with pretrained=true")
         return self
+
+
+def count_non_finite(x: torch.Tensor) -> int:
+    """Number of items of ``x`` (n, ...) holding a NaN or an infinity."""
+    return int((~torch.isfinite(x.flatten(1))).any(1).sum())
 
 
 class Encoder(nn.Module):
@@ -195,6 +202,12 @@ class LPIPSReconstruction(Metric):
             with torch.no_grad():
                 z = run.prior.sample(opts.batch, labels)
                 x = g(z, net_labels)
+            bad = count_non_finite(x)
+            if bad:
+                raise MetricError(
+                    f"lpips_recon: {bad} of {len(x)} generated images of an encoder training "
+                    "batch are non-finite"
+                )
             r = encoder.features(x)
             loss = F.mse_loss(encoder.to_z(r), z)
             if encoder.to_class is not None:
@@ -261,4 +274,11 @@ class LPIPSReconstruction(Metric):
                         init.append(self.distance(g(z0, labels), x))
                         final.append(self.distance(g(z, labels), x))
         key = self.key(heldout)
-        return {key: float(torch.cat(final).mean()), f"{key}_init": float(torch.cat(init).mean())}
+        scores = {key: torch.cat(final), f"{key}_init": torch.cat(init)}
+        for name, values in scores.items():
+            bad = count_non_finite(values.unsqueeze(1))
+            if bad:
+                raise MetricError(
+                    f"lpips_recon: {bad} of {len(values)} reconstructions are non-finite ({name})"
+                )
+        return {name: float(values.mean()) for name, values in scores.items()}

@@ -5,6 +5,9 @@ A pretrained digit classifier labels every channel of ``--eval-samples`` generat
 significant). *modes* counts the distinct codes seen; *rkl* is KL(p_gen || uniform over
 10**C codes) of the code histogram, in nats (the key names of ``modes_2d``, so leaderboard
 columns line up). *classifier_acc* is the classifier's held-out accuracy.
+
+Generated images with NaN or infinity cannot be classified: the metric then fails with
+``MetricError`` giving their count (no value is better than one over arbitrary pixels).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.api import DataSpec, Metric, Sampler, to_uint8
+from harness.errors import MetricError
 from harness_plugins.metrics.digit_classifier import (
     SourceOptions,
     classifier_path,
@@ -51,6 +55,10 @@ class StackedModes(Metric):
     def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
         path = classifier_path(self.options.source, run.config.data_root)
         model, accuracy = load_classifier(path)
-        images = to_uint8(sample(run.config.eval_samples)[0])
+        x = sample(run.config.eval_samples)[0]
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        if bad:
+            raise MetricError(f"stacked_modes: {bad} of {len(x)} generated images are non-finite")
+        images = to_uint8(x)
         digits = classify_channels(model.to(run.device), images, run.device)
         return {**code_statistics(digits), "classifier_acc": accuracy}
