@@ -13,7 +13,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from harness.api import DataSpec, Generator, from_uint8
+from harness.api import DataLocation, DataSpec, Generator, from_uint8
 from harness.errors import ConfigError, MetricError, MetricUnavailable
 from harness.manager import PluginManager
 from harness_plugins.datasets.digits import load_digits_32
@@ -96,14 +96,22 @@ def write_idx(path: Path, data: torch.Tensor) -> None:
     path.write_bytes(header + data.to(torch.uint8).numpy().tobytes())
 
 
-def test_auto_source_uses_mnist_files_when_present(classifier: Path, tmp_path: Path) -> None:
+def write_small_mnist(root: Path) -> torch.Tensor:
+    """80 scikit-learn digits at 28x28 as MNIST idx files under root (60 train, 20 test);
+    returns their labels."""
     images, labels = load_digits_32()
     small = torch.nn.functional.interpolate(images[:80].float(), size=(28, 28)).squeeze(1)
-    raw = tmp_path / "MNIST" / "raw"
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for split, part in (("train", slice(0, 60)), ("t10k", slice(60, 80))):
         write_idx(raw / f"{split}-images-idx3-ubyte", small[part])
         write_idx(raw / f"{split}-labels-idx1-ubyte", labels[part])
+    return labels[:80]
+
+
+def test_auto_source_uses_mnist_files_when_present(classifier: Path, tmp_path: Path) -> None:
+    labels = write_small_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
     assert dc.resolve_source("auto", tmp_path) == "mnist"
     train_x, train_y, test_x, test_y = dc.load_mnist(tmp_path)
     assert train_x.shape == (60, 1, 32, 32) and train_x.dtype == torch.uint8
@@ -114,6 +122,35 @@ def test_auto_source_uses_mnist_files_when_present(classifier: Path, tmp_path: P
     assert dc.classifier_path("auto", tmp_path) != path
     with pytest.raises(MetricUnavailable, match="MNIST files"):
         dc.load_mnist(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("cls", [DigitsFidelity, StackedModes])
+def test_unwritable_cache_is_found_when_the_metric_is_built(
+    cls: type, classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("a regular file")
+    for cache in (tmp_path / "file" / "cache", tmp_path / "file"):  # unwritable even for root
+        monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+        with pytest.raises(MetricUnavailable) as info:
+            cls(cls.Options())
+        assert str(info.value) == (
+            f"the digit classifier (auto) is not cached and cannot be trained into the cache "
+            f"folder {cache} ({tmp_path / 'file'} is not a folder); set HARNESS_CACHE_DIR to a "
+            "writable folder"
+        )
+    cache = tmp_path / "new" / "cache"  # missing but creatable
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+    cls(cls.Options()).check(SimpleNamespace(x=torch.zeros(10, 1, 32, 32), location=DataLocation()))
+    assert not cache.exists()  # nothing is created before it is needed
+    # a read-only cache holding only the digits classifier serves `auto` without MNIST only
+    cache.mkdir(parents=True)
+    (cache / classifier.name).write_bytes(classifier.read_bytes())
+    monkeypatch.setattr(dc, "unwritable_reason", lambda folder: f"{folder} is read-only")
+    metric = cls(cls.Options())
+    metric.check(SimpleNamespace(x=torch.zeros(10, 1, 32, 32), location=DataLocation(tmp_path)))
+    write_small_mnist(tmp_path)
+    with pytest.raises(MetricUnavailable, match=f"{cache} is read-only"):
+        metric.check(SimpleNamespace(x=torch.zeros(10, 1, 32, 32), location=DataLocation(tmp_path)))
 
 
 # ----------------------------------------------------------------------------- torch-fidelity
@@ -238,7 +275,7 @@ def test_fidelity_check_fits_the_real_images(classifier: Path, tmp_path: Path) -
     images, _ = load_digits_32()
     metric = DigitsFidelity(DigitsFidelity.Options(samples=10, isc_splits=2, kid_subsets=2))
     with pytest.raises(ConfigError) as info:
-        metric.check(SimpleNamespace(x=images[:3]))
+        metric.check(SimpleNamespace(x=images[:3], location=DataLocation(tmp_path)))
     assert str(info.value) == (
         "invalid metric 'fid_digits' option prc_neighborhood=3: precision/recall needs more "
         "than that many neighbours among the 3 real images (samples=10, 3 training images); "
@@ -246,8 +283,8 @@ def test_fidelity_check_fits_the_real_images(classifier: Path, tmp_path: Path) -
     )
     only_fid = DigitsFidelity(DigitsFidelity.Options(samples=10, isc_splits=2, metrics=["fid"]))
     with pytest.raises(ConfigError, match="FID and KID need at least 2 real images, the dataset"):
-        only_fid.check(SimpleNamespace(x=images[:1]))
-    metric.check(SimpleNamespace(x=images[:4]))  # 4 real images: k = 3 fits
+        only_fid.check(SimpleNamespace(x=images[:1], location=DataLocation(tmp_path)))
+    metric.check(SimpleNamespace(x=images[:4], location=DataLocation(tmp_path)))  # k=3 fits
     run = make_run(images[:4], DIGITS, tmp_path)
     values = metric.compute(sampler(images[4:14]), run)
     assert len(values) == 7 and all(math.isfinite(v) for v in values.values())

@@ -193,8 +193,8 @@ def resolve_source(source: Source, data_root: Path | None) -> Literal["digits", 
     return source
 
 
-def classifier_path(source: Source = "auto", data_root: Path | None = None) -> Path:
-    """The cached classifier file for ``source``, trained and written (atomically) if missing."""
+def classifier_file(source: Source = "auto", data_root: Path | None = None) -> Path:
+    """Where the classifier for ``source`` is cached (keyed by its recipe and training data)."""
     concrete = resolve_source(source, data_root)
     recipe = RECIPES[concrete]
     data = mnist_fingerprint(data_root) if concrete == "mnist" and data_root else "sklearn"
@@ -202,7 +202,44 @@ def classifier_path(source: Source = "auto", data_root: Path | None = None) -> P
         {"version": VERSION, "source": concrete, "data": data, **asdict(recipe)}, sort_keys=True
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    path = cache_dir() / f"digit-classifier-{concrete}-{digest}.pt"
+    return cache_dir() / f"digit-classifier-{concrete}-{digest}.pt"
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made if missing), or None if they can.
+    Looks at its nearest existing ancestor; creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def require_classifier(source: Source, data_root: Path | None = None) -> None:
+    """MetricUnavailable when the classifier is not cached and cannot be: the cache folder
+    cannot be written. Without ``data_root`` (a metric being built, before its data is known)
+    any cached classifier that ``source`` may resolve to counts as cached."""
+    if data_root is not None or source == "digits":
+        cached = classifier_file(source, data_root).is_file()
+    else:
+        sources = ("digits", "mnist") if source == "auto" else (source,)
+        cached = any(any(cache_dir().glob(f"digit-classifier-{s}-*.pt")) for s in sources)
+    reason = None if cached else unwritable_reason(cache_dir())
+    if reason:
+        raise MetricUnavailable(
+            f"the digit classifier ({source}) is not cached and cannot be trained into the cache "
+            f"folder {cache_dir()} ({reason}); set {CACHE_ENV} to a writable folder"
+        )
+
+
+def classifier_path(source: Source = "auto", data_root: Path | None = None) -> Path:
+    """The cached classifier file for ``source``, trained and written (atomically) if missing."""
+    path = classifier_file(source, data_root)
+    concrete = resolve_source(source, data_root)
+    recipe = RECIPES[concrete]
     if not path.is_file():
         if concrete == "mnist":
             assert data_root is not None

@@ -34,6 +34,7 @@ from harness_plugins.metrics.digit_classifier import (
     classifier_path,
     load_classifier,
     prepare,
+    require_classifier,
     resolve_source,
 )
 
@@ -275,9 +276,17 @@ class DigitsFidelity(FidelityMetric):
     Options = DigitsFidelityOptions
     plugin_name = "fid_digits"
 
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        require_classifier(self.options.source)
+
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:
         return spec.domain == "digits"
+
+    def check(self, dataset: Dataset) -> None:
+        super().check(dataset)
+        require_classifier(self.options.source, dataset.location.root)
 
     def extractor(self, run: Run) -> tuple[str, str, str]:
         register_digits_extractor()

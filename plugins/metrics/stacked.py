@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.api import DataSpec, Metric, Sampler, to_uint8
+from harness.api import Dataset, DataSpec, Metric, Sampler, to_uint8
 from harness.errors import MetricError
 from harness_plugins.metrics.digit_classifier import (
     SourceOptions,
     classifier_path,
     classify_channels,
     load_classifier,
+    require_classifier,
 )
 
 if TYPE_CHECKING:
@@ -48,9 +49,16 @@ class StackedModes(Metric):
 
     Options = SourceOptions
 
+    def __init__(self, options: SourceOptions) -> None:
+        super().__init__(options)
+        require_classifier(options.source)
+
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:
         return spec.domain == "digits"
+
+    def check(self, dataset: Dataset) -> None:
+        require_classifier(self.options.source, dataset.location.root)
 
     def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
         path = classifier_path(self.options.source, run.config.data_root)
