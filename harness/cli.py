@@ -269,8 +269,6 @@ def command_plugins(args: argparse.Namespace) -> int:
                 for opt in item["options"]:
                     print(f"      --{family_flag(family)}-opt {opt['name']}=<{opt['type']}> "
                           f"(default {opt['default']!r})  {opt['help']}")
-    for error in pm.load_errors.values():
-        print(f"warning: {error}", file=sys.stderr)
     return 0
 
 
@@ -304,7 +302,12 @@ COMMANDS = {"run": command_run, "plugins": command_plugins, "leaderboard": comma
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already reported
+        return exc.code if isinstance(exc.code, int) else 2
+    for warning in get_plugin_manager().load_errors.values():
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except HarnessError as exc:

@@ -179,10 +179,13 @@ def describe_validation_error(exc: ValidationError, what: str, fields: list[str]
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "value"
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown option {loc!r} (valid: {', '.join(fields) or 'none'})")
+        elif not err["loc"]:  # a check across several fields names them itself
+            parts.append(message)
         else:
-            parts.append(f"{loc}={err.get('input')!r}: {err['msg']}")
+            parts.append(f"{loc}={err.get('input')!r}: {message}")
     return f"invalid {what}: " + "; ".join(parts)
 
 

@@ -156,6 +156,19 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    with allocation_guard():
+        run = build_components(config, pm, classes, options, resolved, device)
+        check_networks(run)
+    check_eval_memory(config, run.dataset)
+    return run
+
+
+def build_components(
+    config: RunConfig, pm: PluginManager, classes: dict[str, type],
+    options: dict[str, Options], resolved: dict[str, Any], device: torch.device,
+) -> Run:
+    """Data, metrics, conditioner, prior and networks, in the order that keeps the seeded
+    initialisation of every run identical."""
     location = DataLocation(config.data_root, config.download)
     dataset = classes["dataset"](options["dataset"], config.seed, location)
     metrics = build_metrics(config, pm, dataset, resolved)
@@ -167,15 +180,29 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
     resolved["z_dim"] = z_dim
-    run = Run(
+    return Run(
         config=config, pm=pm, dataset=dataset, prior=prior.to(device), conditioner=conditioner,
         backbone=backbone, loss=classes["loss"](options["loss"]), metrics=metrics,
         generator=generator.to(device), discriminator=discriminator.to(device), device=device,
         resolved=resolved,
     )
-    check_networks(run)
-    check_eval_memory(config, dataset)
-    return run
+
+
+@contextlib.contextmanager
+def allocation_guard() -> Iterator[None]:
+    """An allocation too large for this machine while building a run (a huge dataset size or
+    layer width) becomes a one-line ``ConfigError`` instead of a traceback."""
+    try:
+        yield
+    except MemoryError:
+        raise ConfigError("not enough memory to build this run; reduce the sizes in its "
+                          "options (dataset size, widths, --z-dim)") from None
+    except RuntimeError as exc:
+        if "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"not enough memory to build this run ({reason}); reduce the sizes "
+                          "in its options (dataset size, widths, --z-dim)") from None
 
 
 def check_networks(run: Run) -> None:
@@ -273,13 +300,14 @@ def build_metrics(
             )
         opts = validate_options("metric", name, cls, config.metric_options.get(name, {}))
         try:
-            metrics[name] = cls(opts)
+            metric = cls(opts)
+            metric.check(dataset)
         except MetricUnavailable as exc:
             if config.metrics is not None:
                 raise
             print(f"warning: skipping metric {name!r}: {exc}", file=sys.stderr)
             continue
-        metrics[name].check(dataset)
+        metrics[name] = metric
         resolved.setdefault("metrics", {})[name] = opts.model_dump(mode="json")
     if not metrics:
         asked = "--metrics names none" if config.metrics is not None else "no metric applies"
@@ -449,7 +477,7 @@ class Trainer:
         boundary, checkpoints, and raises ``KeyboardInterrupt``; a second signal stops at once.
         Non-finite losses raise ``Diverged`` at that step; the last checkpoint is kept.
         """
-        run, cfg, hook = self.run, self.run.config, self.run.pm.hook
+        run, cfg, notify = self.run, self.run.config, self.run.pm.notify
         run.generator.train()
         run.discriminator.train()
         last_finite: tuple[int, dict[str, torch.Tensor]] | None = None
@@ -466,14 +494,13 @@ class Trainer:
                     with self.timed("recluster_s"):
                         changed = run.conditioner.update(run.step, run.models)
                     if changed is not None:
-                        hook.harness_labels_updated(
-                            run=run, step=run.step, changed_fraction=changed
-                        )
-                    hook.harness_step_end(run=run, step=run.step, losses=losses)
+                        notify("harness_labels_updated", run=run, step=run.step,
+                               changed_fraction=changed)
+                    notify("harness_step_end", run=run, step=run.step, losses=losses)
                     advance(run.step, losses)
                 last = run.step == cfg.steps
                 if cfg.eval_every and run.step % cfg.eval_every == 0 and not last:
-                    hook.harness_evaluated(run=run, step=run.step, metrics=self.evaluate())
+                    notify("harness_evaluated", run=run, step=run.step, metrics=self.evaluate())
                 if run.stop_requested or last or run.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
                     if run.stop_requested:
@@ -489,9 +516,9 @@ class Trainer:
             return ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
 
         step = self.run.step + 1
-        before = f"last finite losses at step {last[0]}: {show(last[1])}" if last else (
-            "no finite step before it" if self.checkpointed_step is None
-            else f"first step after the checkpoint at step {self.checkpointed_step}")
+        before = (f"last finite losses at step {last[0]}: {show(last[1])}" if last
+                  else "it is the first step" if step == 1
+                  else f"it is the first step after resuming from step {step - 1}")
         kept = ("no checkpoint was written before it" if self.checkpointed_step is None
                 else f"the checkpoint of step {self.checkpointed_step} is kept")
         return f"diverged at step {step}: non-finite losses ({show(losses)}); {before}; {kept}"
@@ -614,7 +641,7 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     ``Diverged`` or any other error (status ``failed``).
     """
     assert run.directory is not None
-    directory, hook = run.directory, run.pm.hook
+    directory, notify = run.directory, run.pm.notify
     trainer = Trainer(run)
     now = now_stamp()
     if resume is not None:
@@ -634,7 +661,7 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     results.atomic_write_json(directory / results.RUN, info)
     try:
         with trainer.interruptible():
-            hook.harness_run_started(run=run)
+            notify("harness_run_started", run=run)
             if trainer.checkpointed_step is None:
                 trainer.setup()
             trainer.train()
@@ -642,8 +669,8 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
             results.atomic_write_json(
                 directory / results.METRICS, {**metrics, "eval_samples": run.config.eval_samples}
             )
-            hook.harness_evaluated(run=run, step=run.step, metrics=metrics)
-            hook.harness_run_finished(run=run, metrics=metrics)
+            notify("harness_evaluated", run=run, step=run.step, metrics=metrics)
+            notify("harness_run_finished", run=run, metrics=metrics)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         error = (f"stopped by {run.stop_signal or 'request'}" if status == "interrupted"

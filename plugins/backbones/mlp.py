@@ -1,4 +1,8 @@
-"""The 2-D toy architecture of Liu et al. 2020 (after PacGAN): MLP G, maxout D."""
+"""The 2-D toy architecture of Liu et al. 2020 (after PacGAN): MLP G, maxout D.
+
+Any example shape works: G's output is reshaped to it (with tanh for images, whose range is
+[-1, 1]) and D flattens its input, so the same nets make a classic MLP GAN on images.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,14 @@ from harness.api import Backbone, DataSpec, Discriminator, Generator, Options
 
 
 class MLPOptions(Options):
-    g_width: int = Field(400, ge=1, description="G hidden width")
-    g_layers: int = Field(4, ge=1, description="G hidden layers [Linear, BatchNorm, ReLU]")
-    embed_dim: int = Field(32, ge=1, description="class embedding size (L2-normalised)")
-    d_width: int = Field(200, ge=1, description="D maxout width")
-    d_layers: int = Field(3, ge=1, description="D maxout layers")
-    pieces: int = Field(5, ge=1, description="maxout pieces")
+    g_width: int = Field(400, ge=1, le=16_384, description="G hidden width")
+    g_layers: int = Field(
+        4, ge=1, le=64, description="G hidden layers [Linear, BatchNorm, ReLU]"
+    )
+    embed_dim: int = Field(32, ge=1, le=16_384, description="class embedding size (L2-normalised)")
+    d_width: int = Field(200, ge=1, le=16_384, description="D maxout width")
+    d_layers: int = Field(3, ge=1, le=64, description="D maxout layers")
+    pieces: int = Field(5, ge=1, le=64, description="maxout pieces")
 
 
 class Maxout(nn.Module):
@@ -33,26 +39,32 @@ class Maxout(nn.Module):
 
 
 class MLPGenerator(Generator):
-    """concat(z, L2-normalised embedding(y)) -> layers x [Linear, BN, ReLU] -> Linear."""
+    """concat(z, L2-normalised embedding(y)) -> layers x [Linear, BN, ReLU] -> Linear,
+    reshaped to ``out_shape`` (tanh first for images)."""
 
-    def __init__(self, z_dim: int, num_classes: int, out_dim: int, opts: MLPOptions) -> None:
+    def __init__(
+        self, z_dim: int, num_classes: int, out_shape: tuple[int, ...], opts: MLPOptions
+    ) -> None:
         super().__init__()
+        self.out_shape = out_shape
+        self.image = len(out_shape) == 3
         self.embedding = nn.Embedding(num_classes, opts.embed_dim)
         layers: list[nn.Module] = []
         width = z_dim + opts.embed_dim
         for _ in range(opts.g_layers):
             layers += [nn.Linear(width, opts.g_width), nn.BatchNorm1d(opts.g_width), nn.ReLU()]
             width = opts.g_width
-        layers.append(nn.Linear(width, out_dim))
+        layers.append(nn.Linear(width, math.prod(out_shape)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         embedding = F.normalize(self.embedding(y), dim=1)
-        return self.net(torch.cat([z, embedding], 1))
+        x = self.net(torch.cat([z, embedding], 1))
+        return (x.tanh() if self.image else x).view(-1, *self.out_shape)
 
 
 class MLPDiscriminator(Discriminator):
-    """layers x Maxout -> one logit per class; D_f is the last maxout output."""
+    """flatten -> layers x Maxout -> one logit per class; D_f is the last maxout output."""
 
     def __init__(self, in_dim: int, num_classes: int, opts: MLPOptions) -> None:
         super().__init__()
@@ -62,7 +74,7 @@ class MLPDiscriminator(Discriminator):
         self.feature_dim = opts.d_width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(x)
+        features = self.body(x.flatten(1))
         return self.head(features), features
 
 
@@ -75,8 +87,7 @@ class MLP(Backbone):
     def build(
         self, spec: DataSpec, num_classes: int, z_dim: int
     ) -> tuple[MLPGenerator, MLPDiscriminator]:
-        data_dim = math.prod(spec.shape)
         return (
-            MLPGenerator(z_dim, num_classes, data_dim, self.options),
-            MLPDiscriminator(data_dim, num_classes, self.options),
+            MLPGenerator(z_dim, num_classes, tuple(spec.shape), self.options),
+            MLPDiscriminator(math.prod(spec.shape), num_classes, self.options),
         )

@@ -11,7 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from harness.api import BuildContext, Conditioner, Models, Options
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MetricError
 
 
 class MixtureOptions(Options):
@@ -50,6 +50,7 @@ class MixtureComponent(Conditioner):
 
     @torch.no_grad()
     def partition(self, models: Models, index: torch.Tensor) -> torch.Tensor:
+        """Algorithm 2; ``MetricError`` when G's samples are non-finite."""
         m = self.options.samples_per_component
         labels = torch.arange(self.components, device=models.device).repeat_interleave(m)
         z = models.prior.sample(len(labels), labels)
@@ -61,6 +62,10 @@ class MixtureComponent(Conditioner):
                 )
             ]
         )
+        bad = int((~fake.flatten(1).isfinite().all(1)).sum())
+        if bad:
+            raise MetricError(f"the gmm partition (Algorithm 2): {bad} of {len(fake)} generated "
+                              "samples are non-finite, so its classifier cannot be trained")
         classifier = MLPClassifier(hidden_layer_sizes=(128,), max_iter=300, random_state=0)
         with warnings.catch_warnings():  # an unconverged classifier still gives a partition
             warnings.simplefilter("ignore", ConvergenceWarning)
