@@ -18,8 +18,16 @@ from harness.config import (
     make_config,
     parse_assignments,
 )
-from harness.errors import HarnessError, RunFailed
+from harness.errors import HarnessError, RunFailed, one_line
 from harness.manager import get_plugin_manager
+
+
+def path_arg(text: str) -> Path:
+    """A path flag's value; a NUL byte (which no file system accepts) is a usage error."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot contain a NUL byte: {text!r}")
+    return Path(text)
+
 
 RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--prior": ("prior", str, "latent prior plugin (default: gaussian)"),
@@ -35,7 +43,7 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--lr-g": ("lr_g", float, "G learning rate (default: 1e-4)"),
     "--lr-d": ("lr_d", float, "D learning rate (default: 1e-4)"),
     "--eval-samples": ("eval_samples", int, "generated samples for metrics (default: 50000)"),
-    "--out": ("out", Path, "results folder (default: results)"),
+    "--out": ("out", path_arg, "results folder (default: results)"),
     "--device": ("device", str, "cpu, cuda or auto (default: cpu)"),
     "--threads": ("threads", int, "torch CPU threads (default: torch's choice)"),
     "--log-every": ("log_every", int, "steps between log.jsonl records (default: 100)"),
@@ -44,7 +52,8 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--eval-every": ("eval_every", int, "steps between evaluations (default: 0, at the end)"),
     "--ema-decay": ("ema_decay", float, "evaluate an EMA of G's weights (e.g. 0.999)"),
     "--ema-start": ("ema_start", int, "steps before the EMA starts averaging (default: 0)"),
-    "--data-root": ("data_root", Path, "folder of MNIST / CIFAR-10 / image data (default: data)"),
+    "--data-root": ("data_root", path_arg,
+                    "folder of MNIST / CIFAR-10 / image data (default: data)"),
 }
 OPTION_FLAGS = ("prior", "cond", "backbone", "dataset", "loss")
 
@@ -53,7 +62,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (no usage dump), exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Plugin names and their options: harness plugins --verbose",
     )
     run.add_argument(
-        "--config", type=Path, help="TOML file of run settings, or a run's config.json"
+        "--config", type=path_arg, help="TOML file of run settings, or a run's config.json"
     )
     for flag, (_, kind, text) in RUN_FLAGS.items():
         run.add_argument(flag, type=kind, default=None, help=text)
@@ -84,11 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="option of a metric plugin (repeatable)")
     run.add_argument("--download", action="store_true",
                      help="let torchvision download a missing dataset into --data-root")
-    run.add_argument("--inception-weights", type=Path, metavar="PATH",
+    run.add_argument("--inception-weights", type=path_arg, metavar="PATH",
                      help="Inception weights file for fid_inception (default: "
                      "$HARNESS_INCEPTION_WEIGHTS, else the torch hub cache)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+    run.add_argument("--resume", type=path_arg, metavar="RUN_DIR",
                      help="continue an interrupted run from its last checkpoint")
 
     plugins = commands.add_parser("plugins", help="list registered plugins by family")
@@ -96,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
 
     board = commands.add_parser("leaderboard", help="aggregate runs: mean ± std over seeds")
-    board.add_argument("runs", nargs="*", type=Path, help="run dirs or folders of runs")
-    board.add_argument("--results", type=Path, help="folder of runs (default: results)")
-    board.add_argument("--csv", type=Path, help="also write the table as CSV")
+    board.add_argument("runs", nargs="*", type=path_arg, help="run dirs or folders of runs")
+    board.add_argument("--results", type=path_arg, help="folder of runs (default: results)")
+    board.add_argument("--csv", type=path_arg, help="also write the table as CSV")
     board.add_argument("--group-by", help="comma-separated columns (default: every config field)")
     board.add_argument("--compare", metavar="SUITE",
                        help="show a paper's published numbers beside ours (registry.toml suites,"
@@ -231,7 +240,7 @@ def execute(run: Any, resume: dict[str, Any] | None) -> int:
               f"harness run --resume {directory}", file=sys.stderr)
         return 143 if run.stop_signal == "SIGTERM" else 130
     except RunFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     frame, metrics = leaderboard.load_runs([directory])
     print(leaderboard.render(leaderboard.aggregate(frame, metrics), metrics))
@@ -307,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already reported
         return exc.code if isinstance(exc.code, int) else 2
     for warning in get_plugin_manager().load_errors.values():
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {one_line(warning)}", file=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

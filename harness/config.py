@@ -90,6 +90,13 @@ class RunConfig(BaseModel):
     sample_every: int = Field(default=0, ge=0, description="steps between sample grids; 0: end")
     progress: bool = True
 
+    @field_validator("out", "data_root")
+    @classmethod
+    def _no_nul(cls, v: Path) -> Path:
+        if "\x00" in str(v):
+            raise ValueError("a path cannot contain a NUL byte")
+        return v
+
     @field_validator("betas")
     @classmethod
     def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:

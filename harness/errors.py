@@ -1,6 +1,13 @@
 """Errors the command line reports as one line, without a traceback."""
 
 
+def one_line(text: object) -> str:
+    """``text`` on one line: its lines joined with "; ", other unprintable characters escaped
+    (``\\r``, ``\\x85``), so that a message quoting any input or exception stays one line."""
+    joined = "; ".join(line.strip() for line in str(text).split("\n") if line.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in joined)
+
+
 class HarnessError(Exception):
     """A user-facing error: bad input, a missing plugin, an impossible composition."""
 

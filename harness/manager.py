@@ -14,7 +14,7 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.errors import LifecycleHookError, PluginError
+from harness.errors import LifecycleHookError, PluginError, one_line
 
 ENTRY_POINT_GROUP = "harness.plugins"
 ALLOW_ENV = "HARNESS_LOAD_PLUGINS"
@@ -268,10 +268,6 @@ def contribution(hook: Callable[[], Any]) -> dict[str, Any]:
 def describe(exc: BaseException) -> str:
     """An exception in one line: its type and message."""
     return one_line(f"{type(exc).__name__}: {exc}")
-
-
-def one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def article(noun: str) -> str:

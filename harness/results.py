@@ -168,9 +168,12 @@ class RunLock:
 def check_output_dir(out: Path) -> None:
     """Raise ``HarnessError`` unless run directories can be created under ``out``."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HarnessError(f"--out {out} is an existing file (valid: a folder, new or existing)")
-    existing = next(p for p in (out, *out.parents) if p.exists())
+    try:
+        if out.exists() and not out.is_dir():
+            raise HarnessError(f"--out {out} is an existing file (valid: a folder, new or old)")
+        existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    except OSError as exc:
+        raise HarnessError(f"--out {out}: {exc.strerror} (valid: a writable folder)") from None
     if not existing.is_dir():
         raise HarnessError(f"--out {out}: {existing} is a file, so no folder can be made there")
     if not os.access(existing, os.W_OK | os.X_OK):

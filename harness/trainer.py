@@ -36,7 +36,7 @@ from harness.api import (
     Prior,
 )
 from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
-from harness.errors import ConfigError, Diverged, MetricError, MetricUnavailable
+from harness.errors import ConfigError, Diverged, MetricError, MetricUnavailable, one_line
 from harness.manager import PluginManager
 
 EVAL_BATCH = 10_000
@@ -305,7 +305,7 @@ def build_metrics(
         except MetricUnavailable as exc:
             if config.metrics is not None:
                 raise
-            print(f"warning: skipping metric {name!r}: {exc}", file=sys.stderr)
+            print(f"warning: skipping metric {name!r}: {one_line(exc)}", file=sys.stderr)
             continue
         metrics[name] = metric
         resolved.setdefault("metrics", {})[name] = opts.model_dump(mode="json")
@@ -616,7 +616,7 @@ class Trainer:
             if not bad:
                 return computed
         run.metric_errors[name] = reason
-        print(f"warning: metric {name!r} at step {run.step}: {reason}", file=sys.stderr)
+        print(f"warning: metric {name!r} at step {run.step}: {one_line(reason)}", file=sys.stderr)
         return computed
 
 

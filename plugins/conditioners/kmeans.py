@@ -18,9 +18,13 @@ from harness.errors import ConfigError
 
 
 class ClusterOptions(Options):
-    k: int = Field(50, ge=1, description="number of clusters")
-    subset: int = Field(10_000, ge=1, description="real examples clustered (random subset)")
-    n_init: int = Field(10, ge=1, description="k-means++ restarts for the first clustering")
+    k: int = Field(50, ge=1, le=100_000, description="number of clusters")
+    subset: int = Field(
+        10_000, ge=1, le=10_000_000, description="real examples clustered (random subset)"
+    )
+    n_init: int = Field(
+        10, ge=1, le=1000, description="k-means++ restarts for the first clustering"
+    )
 
 
 class FeatureClusters(Conditioner):
@@ -144,7 +148,7 @@ class SelfConditioned(FeatureClusters):
 
 
 class OnlineOptions(ClusterOptions):
-    n_init: int = Field(10, ge=1, description="k-means++ restarts for the initial centres")
+    n_init: int = Field(10, ge=1, le=1000, description="k-means++ restarts for the initial centres")
     decay: float = Field(
         1.0, gt=0, le=1, description="per-step decay of centre counts (1: step size 1/count)"
     )

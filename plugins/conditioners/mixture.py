@@ -16,7 +16,8 @@ from harness.errors import ConfigError, MetricError
 
 class MixtureOptions(Options):
     samples_per_component: int = Field(
-        1000, ge=1, description="M, generated samples per Gaussian to fit the real-data classifier"
+        1000, ge=1, le=100_000,
+        description="M, generated samples per Gaussian to fit the real-data classifier",
     )
 
 

@@ -22,7 +22,7 @@ class Unconditional(Conditioner):
 
 
 class RandomOptions(Options):
-    k: int = Field(50, ge=1, description="number of random classes")
+    k: int = Field(50, ge=1, le=1_000_000, description="number of random classes")
 
 
 class RandomLabels(Conditioner):

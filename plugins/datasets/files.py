@@ -113,9 +113,12 @@ class MNIST(Dataset):
 
 
 class StackedMNISTOptions(Options):
-    size: int = Field(100_000, ge=1, description="number of training triples (official: 100k)")
+    size: int = Field(
+        100_000, ge=1, le=1_000_000, description="number of training triples (official: 100k)"
+    )
     heldout_size: int = Field(
-        10_000, ge=1, description="held-out triples, built only from MNIST test digits"
+        10_000, ge=1, le=1_000_000,
+        description="held-out triples, built only from MNIST test digits",
     )
 
 
@@ -184,10 +187,12 @@ class CIFAR10(Dataset):
 # ----------------------------------------------------------------------------- image folder
 class ImageFolderOptions(Options):
     path: str = Field(
-        "", description="folder of images, absolute or relative to --data-root (required)"
+        "", pattern=r"^[^\x00]*$",
+        description="folder of images, absolute or relative to --data-root (required)",
     )
     resolution: int = Field(
-        32, ge=1, description="output size: shorter side resized to it, then centre-cropped"
+        32, ge=1, le=1024,
+        description="output size: shorter side resized to it, then centre-cropped",
     )
     heldout_fraction: float = Field(
         0.0, ge=0, lt=1, description="fraction of images kept out of training (seeded)"

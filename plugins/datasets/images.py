@@ -62,9 +62,11 @@ class Digits(Dataset):
 
 
 class StackedDigitsOptions(DigitsOptions):
-    size: int = Field(100_000, ge=1, description="number of training triples (stacked MNIST: 100k)")
+    size: int = Field(
+        100_000, ge=1, le=1_000_000, description="number of training triples (stacked MNIST: 100k)"
+    )
     heldout_size: int = Field(
-        1000, ge=1, description="held-out triples, built only from held-out digits"
+        1000, ge=1, le=1_000_000, description="held-out triples, built only from held-out digits"
     )
 
 

@@ -30,7 +30,9 @@ def partition_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, float
 
 
 class AgreementOptions(Options):
-    subset: int = Field(10_000, ge=1, description="real examples scored (random subset)")
+    subset: int = Field(
+        10_000, ge=1, le=10_000_000, description="real examples scored (random subset)"
+    )
 
 
 class ClusterAgreement(Metric):

@@ -135,19 +135,23 @@ class UInt8Images(torch.utils.data.Dataset):
 
 
 class FidelityOptions(Options):
-    samples: int = Field(10_000, ge=2, description="generated images (and at most this many real)")
+    samples: int = Field(
+        10_000, ge=2, le=200_000, description="generated images (and at most this many real)"
+    )
     metrics: list[MetricName] = Field(
         ["fid", "kid", "is", "prc"], min_length=1, description="which of fid, kid, is, prc"
     )
-    kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets")
+    kid_subsets: int = Field(100, ge=1, le=10_000, description="KID: number of random subsets")
     kid_subset_size: int = Field(
         1000, ge=2, description="KID: subset size (capped at the number of images)"
     )
-    isc_splits: int = Field(10, ge=1, description="IS: number of splits (at most samples)")
+    isc_splits: int = Field(
+        10, ge=1, le=200_000, description="IS: number of splits (at most samples)"
+    )
     prc_neighborhood: int = Field(
         3, ge=1, description="precision/recall: k of the k-NN radius (below the image counts)"
     )
-    batch_size: int = Field(128, ge=1, description="images per feature-extractor batch")
+    batch_size: int = Field(128, ge=1, le=65_536, description="images per feature-extractor batch")
 
     @model_validator(mode="after")
     def _fit_the_generated_images(self) -> FidelityOptions:

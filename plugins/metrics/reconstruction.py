@@ -38,12 +38,16 @@ BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth
 
 
 class ReconstructionOptions(Options):
-    images: int = Field(100, ge=1, description="held-out real images reconstructed")
-    encoder_steps: int = Field(500, ge=1, description="encoder training steps")
-    latent_steps: int = Field(200, ge=0, description="per-image Adam steps on z (0: encoder only)")
+    images: int = Field(100, ge=1, le=100_000, description="held-out real images reconstructed")
+    encoder_steps: int = Field(500, ge=1, le=1_000_000, description="encoder training steps")
+    latent_steps: int = Field(
+        200, ge=0, le=1_000_000, description="per-image Adam steps on z (0: encoder only)"
+    )
     encoder_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the encoder")
     latent_lr: float = Field(0.05, gt=0, description="Adam learning rate of the per-image z")
-    batch: int = Field(64, ge=1, description="generated pairs per encoder step; images per chunk")
+    batch: int = Field(
+        64, ge=1, le=65_536, description="generated pairs per encoder step; images per chunk"
+    )
     candidates: int = Field(
         10, ge=1, description="classes tried per image: the encoder classifier's most likely"
     )

@@ -10,7 +10,9 @@ from harness.api import Options, Prior
 
 
 class GaussianMixtureOptions(Options):
-    num_components: int = Field(10, ge=1, description="K, number of equal-weight Gaussians")
+    num_components: int = Field(
+        10, ge=1, le=100_000, description="K, number of equal-weight Gaussians"
+    )
     c: float = Field(1.0, gt=0, description="means drawn once from U[-c, c]^d")
     sigma: float = Field(0.1, gt=0, description="initial covariance sigma * I")
     learned: bool = Field(False, description="dynamic GM-GAN: learn means and A_k with G")
