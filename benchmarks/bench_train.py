@@ -37,7 +37,8 @@ SEED = 0
 CHECK_STEPS = 3
 COMMON = {
     "prior": "gaussian", "cond": "kmeans_d", "loss": "bce", "seed": SEED, "steps": 1,
-    "lr_g": LR, "lr_d": LR, "betas": BETAS, "progress": False, "metrics": [],
+    "lr_g": LR, "lr_d": LR, "betas": BETAS, "progress": False,
+    "metrics": ["cluster_agreement"],  # built (a run needs one), never computed here
     "cond_options": {"subset": 2000, "n_init": 1, "recluster_every": 0},
 }
 CONFIGS = {

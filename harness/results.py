@@ -228,12 +228,3 @@ def environment() -> dict[str, Any]:
         "git": git_commit(Path(__file__).resolve().parent),
         "command": sys.argv,
     }
-
-
-def is_finished(run_dir: Path) -> bool:
-    try:
-        return read_json(run_dir / RUN).get("status") == "finished" and (
-            run_dir / METRICS
-        ).exists()
-    except (OSError, ValueError):
-        return False

@@ -85,12 +85,12 @@ def assert_resume_is_exact(
     run_dir = only_run(tmp_path / "resumed")
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     assert not (run_dir / "metrics.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == stop_at
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == stop_at
     assert cli("run", "--resume", run_dir, "--no-progress").code == 0
     straight = only_run(tmp_path / "straight")
     assert (run_dir / "metrics.json").read_text() == (straight / "metrics.json").read_text()
     a, b = (
-        torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (run_dir, straight)
+        torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (run_dir, straight)
     )
     for net in ("generator", "discriminator", "ema"):
         assert (a[net] is None) == (b[net] is None), net
