@@ -23,7 +23,7 @@ import pandas as pd
 
 from harness import results
 from harness.config import COMPONENT_FIELDS, make_config
-from harness.errors import HarnessError
+from harness.errors import HarnessError, one_line
 
 ALWAYS_SHOWN = ("dataset", "cond", "prior", "backbone")
 """Shown in every printed table; other keys only where their defined values differ."""
@@ -38,7 +38,7 @@ Warn = Callable[[str], None]
 
 def warn_stderr(message: str) -> None:
     """Print ``warning: <message>`` on stderr (``load_runs``'s default ``warn``)."""
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {one_line(message)}", file=sys.stderr)
 
 
 class Unusable(Exception):

@@ -215,12 +215,13 @@ def check_networks(run: Run) -> None:
     cfg = run.config
     what = (f"backbone {cfg.backbone!r} does not work on dataset {cfg.dataset!r} "
             f"(examples of shape {tuple(run.dataset.spec.shape)})")
-    for n in sorted({min(cfg.batch_size, 2), 2}):
+    # a batch of 2 first, so that --batch-size 1 is blamed only when 2 works
+    for n in sorted({2, min(cfg.batch_size, 2)}, reverse=True):
         try:
             forward_check(run, n)
         except Exception as exc:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            if n == cfg.batch_size and n < 2:
+            if n < 2:
                 raise ConfigError(
                     f"--batch-size {n}: {what} with batches of {n}: {reason} "
                     "(valid: --batch-size 2 or more)"
