@@ -276,7 +276,8 @@ def command_plugins(args: argparse.Namespace) -> int:
                 if item["help"]:
                     print(f"      {item['help']}")
                 for opt in item["options"]:
-                    print(f"      --{family_flag(family)}-opt {opt['name']}=<{opt['type']}> "
+                    key = f"{item['name']}.{opt['name']}" if family == "metrics" else opt["name"]
+                    print(f"      --{family_flag(family)}-opt {key}=<{opt['type']}> "
                           f"(default {opt['default']!r})  {opt['help']}")
     return 0
 
@@ -302,7 +303,12 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     suite = leaderboard.published_numbers(args.compare) if args.compare else None
     print(leaderboard.render(table, metrics, suite))
     if args.csv:
-        leaderboard.write_csv(table, args.csv)
+        try:
+            leaderboard.write_csv(table, args.csv)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise HarnessError(f"--csv {args.csv}: cannot write the table: {reason} "
+                               "(valid: a file path in a writable folder)") from None
         print(f"wrote {args.csv}", file=sys.stderr)
     return 0
 

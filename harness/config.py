@@ -90,6 +90,11 @@ class RunConfig(BaseModel):
     sample_every: int = Field(default=0, ge=0, description="steps between sample grids; 0: end")
     progress: bool = True
 
+    @field_validator("metrics")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else list(dict.fromkeys(v))  # a repeat names the same metric
+
     @field_validator("out", "data_root")
     @classmethod
     def _no_nul(cls, v: Path) -> Path:

@@ -165,19 +165,34 @@ class RunLock:
             self.handle = None
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made if missing), or None if they can.
+    Probes its nearest existing ancestor with a temporary file and leaves nothing behind:
+    permission bits tell nothing for root or on /proc-like file systems."""
+    folder = Path(folder).absolute()
+    try:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return f"{folder} cannot be written ({exc.strerror})"
+    return None
+
+
 def check_output_dir(out: Path) -> None:
     """Raise ``HarnessError`` unless run directories can be created under ``out``."""
     out = Path(out)
     try:
-        if out.exists() and not out.is_dir():
-            raise HarnessError(f"--out {out} is an existing file (valid: a folder, new or old)")
-        existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+        is_file = out.exists() and not out.is_dir()
     except OSError as exc:
         raise HarnessError(f"--out {out}: {exc.strerror} (valid: a writable folder)") from None
-    if not existing.is_dir():
-        raise HarnessError(f"--out {out}: {existing} is a file, so no folder can be made there")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise HarnessError(f"--out {out}: {existing} is not writable (valid: a writable folder)")
+    if is_file:
+        raise HarnessError(f"--out {out} is an existing file (valid: a folder, new or old)")
+    reason = unwritable_reason(out)
+    if reason:
+        raise HarnessError(f"--out {out}: {reason} (valid: a writable folder)")
 
 
 def create_run_dir(out: Path, name: str) -> Path:

@@ -27,6 +27,7 @@ from harness.api import (
     Conditioner,
     DataLocation,
     Dataset,
+    DataSpec,
     Discriminator,
     Generator,
     Loss,
@@ -178,6 +179,7 @@ def build_components(
     z_dim = config.z_dim or backbone.default_z_dim
     prior = classes["prior"](options["prior"], z_dim, conditioner.num_classes)
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
+    check_network_memory(config.backbone, backbone, dataset.spec, net_classes, z_dim)
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
     resolved["z_dim"] = z_dim
     return Run(
@@ -186,6 +188,35 @@ def build_components(
         generator=generator.to(device), discriminator=discriminator.to(device), device=device,
         resolved=resolved,
     )
+
+
+def check_network_memory(
+    name: str, backbone: Backbone, spec: DataSpec, num_classes: int, z_dim: int
+) -> None:
+    """Refuse networks too large for this machine before allocating them: G and D are built
+    once on the meta device (no memory, RNG untouched) and their tensors counted; training
+    holds each parameter about four times in float32 (weights, gradients, Adam's two moments).
+
+    Linux overcommits, so a too large allocation would not fail but get the process killed.
+    A backbone that cannot build on the meta device is not estimated. Raises ``ConfigError``.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            nets = backbone.build(spec, num_classes, z_dim)
+    except ConfigError:
+        raise
+    except Exception:
+        return
+    tensors = [t for net in nets for t in (*net.parameters(), *net.buffers())]
+    need = 4 * sum(t.numel() * t.element_size() for t in tensors)
+    available = available_memory()
+    if need > available:
+        count = sum(t.numel() for t in tensors)
+        raise ConfigError(
+            f"backbone {name!r}: its networks have {count:,} parameters, about "
+            f"{need / 2**30:.1f} GiB to train, {available / 2**30:.1f} GiB is available "
+            "(valid: smaller widths, layers, --z-dim or fewer classes)"
+        )
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ BAD_INPUT: dict[str, tuple[list[str] | Callable[[Path], list[str]], list[str]]] 
     ),
     "--out is a file": (lambda tmp: ["--out", str(write(tmp / "f", "x"))], ["--out", "file"]),
     "--out under a file": (
-        lambda tmp: ["--out", str(write(tmp / "f", "x") / "runs")], ["--out", "file"]),
+        lambda tmp: ["--out", str(write(tmp / "f", "x") / "runs")], ["--out", "not a folder"]),
     "config is a directory": (lambda tmp: ["--config", str(tmp)], ["is a directory"]),
     "config not UTF-8": (
         lambda tmp: ["--config", str(write(tmp / "c.toml", b"steps = 5\n\xff\xfe"))],
@@ -111,6 +111,9 @@ BAD_INPUT: dict[str, tuple[list[str] | Callable[[Path], list[str]], list[str]]] 
     "no CUDA": (["--device", "cuda"], ["cuda"]) if not torch.cuda.is_available() else (
         ["--device", "tpu"], ["tpu"]),
     "huge width": (["--backbone-opt", "g_width=100000000"], ["g_width", "16384"]),
+    "networks beyond memory": (["--backbone-opt", "g_width=16384", "--backbone-opt",
+                                "g_layers=64"], ["backbone 'mlp'", "parameters", "GiB"]),
+    "--out not writable": (["--out", "/proc/harness-test"], ["--out", "cannot be written"]),
 }
 
 
@@ -363,3 +366,19 @@ def test_signal_handlers_are_restored(cli, tmp_path):
     assert cli("run", *FAST, *KMEANS, "--out", tmp_path).code == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert os.environ.get("HARNESS_CACHE_DIR")  # the session cache is still in place
+
+
+@pytest.mark.parametrize("target", ["/proc/board.csv", ".", "{tmp}/file/board.csv"])
+def test_leaderboard_csv_that_cannot_be_written_is_one_line(cli, tmp_path, target):
+    assert cli("run", *FAST, *KMEANS, "--out", tmp_path / "runs").code == 0
+    write(tmp_path / "file", "x")
+    result = cli("leaderboard", tmp_path / "runs", "--csv", target.format(tmp=tmp_path))
+    assert result.code == 2 and "Traceback" not in result.err
+    assert result.err.startswith("error: --csv") and "cannot write" in result.err
+
+
+def test_a_metric_named_twice_is_one_metric(cli, tmp_path):
+    from harness.config import make_config
+
+    assert make_config({"metrics": ["modes_2d", "modes_2d"]}) == make_config(
+        {"metrics": ["modes_2d"]})

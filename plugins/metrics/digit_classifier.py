@@ -23,7 +23,7 @@ from torch import nn
 
 from harness.api import DataLocation, Options
 from harness.errors import MetricUnavailable
-from harness.results import atomic_write_bytes
+from harness.results import atomic_write_bytes, unwritable_reason
 
 Source = Literal["auto", "digits", "mnist"]
 SIZE = 32
@@ -203,19 +203,6 @@ def classifier_file(source: Source = "auto", data_root: Path | None = None) -> P
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / f"digit-classifier-{concrete}-{digest}.pt"
-
-
-def unwritable_reason(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (made if missing), or None if they can.
-    Looks at its nearest existing ancestor; creates nothing."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
 
 
 def require_classifier(source: Source, data_root: Path | None = None) -> None:
