@@ -150,6 +150,8 @@ def read_metrics(run_dir: Path) -> dict[str, int | float]:
     if bad:
         raise Unusable(f"{results.METRICS} has values that are not finite numbers: "
                        + ", ".join(bad))
+    if not set(metrics) - {"eval_samples"}:
+        raise Unusable(f"{results.METRICS} holds no metric values")
     return metrics
 
 
@@ -248,11 +250,18 @@ def render(
     for metric in metrics:
         if f"{metric}_mean" not in table:
             continue
-        mean, std = table[f"{metric}_mean"], table[f"{metric}_std"].fillna(0.0)
-        view[metric] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, std, strict=True)]
+        mean, std = table[f"{metric}_mean"], table[f"{metric}_std"]
+        view[metric] = [mean_std(m, s) for m, s in zip(mean, std, strict=True)]
     if suite is not None:
         add_published(view, table, suite)
     return view.to_string(index=False)
+
+
+def mean_std(mean: float, std: float) -> str:
+    """``mean ± std``; only the mean for one seed (no std), empty when no run has the metric."""
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
 
 
 def published_numbers(suite: str) -> dict[str, Any]:

@@ -211,3 +211,18 @@ def test_nothing_usable_still_prints_a_table(tmp_path, capsys):
     assert main(["leaderboard", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == "(no finished runs)" and err.count("warning: ") == 1
+
+
+def test_one_seed_shows_no_std_and_a_missing_metric_shows_nothing():
+    from harness.leaderboard import mean_std
+
+    assert mean_std(1.5, float("nan")) == "1.5"
+    assert mean_std(1.5, 0.25) == "1.5 ± 0.25"
+    assert mean_std(float("nan"), float("nan")) == ""
+
+
+def test_a_run_without_metric_values_is_skipped(tmp_path):
+    run_dir = make_run(tmp_path, "20260101-120000-a-s0")
+    (run_dir / "metrics.json").write_text('{"eval_samples": 200}')
+    frame, _, warnings = load(tmp_path)
+    assert frame.empty and warnings == [f"{run_dir}: metrics.json holds no metric values; skipped"]
