@@ -518,7 +518,7 @@ class Trainer:
             while run.step < cfg.steps:
                 with self.timed("train_s"):
                     losses = self.step()
-                    if not bool(torch.stack(list(losses.values())).isfinite().all()):
+                    if not math.isfinite(sum(float(v) for v in losses.values())):
                         raise Diverged(self.divergence_message(losses, last_finite))
                     run.step += 1
                     last_finite = (run.step, losses)
