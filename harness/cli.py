@@ -230,7 +230,6 @@ def execute(run: Any, resume: dict[str, Any] | None) -> int:
     from harness import leaderboard, trainer
 
     directory = run.directory
-    print(f"run directory: {directory}", file=sys.stderr)
     try:
         trainer.execute(run, resume)
     except KeyboardInterrupt:

@@ -686,6 +686,7 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     else:
         info = {"run_id": directory.name, "seed": run.config.seed, "status": "running",
                 "started": now, "environment": results.environment()}
+    print(f"run directory: {directory}", file=sys.stderr)
     results.atomic_write_json(
         directory / results.CONFIG,
         {"config": run.config.model_dump(mode="json"), "resolved": run.resolved},
