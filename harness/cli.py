@@ -207,6 +207,8 @@ def command_run(args: argparse.Namespace) -> int:
         directory = args.resume
         if not directory.is_dir():
             raise HarnessError(f"--resume {directory}: no such run directory")
+        for name in (results.RUN, results.CONFIG):  # before the lock file is made in it
+            read_run_file(directory, name)
         with results.RunLock(directory):
             info = read_run_file(directory, results.RUN)
             if not isinstance(info, dict):

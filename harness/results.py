@@ -140,7 +140,11 @@ class RunLock:
         self.handle: IO[str] | None = None
 
     def __enter__(self) -> RunLock:
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        except OSError as exc:
+            raise HarnessError(f"cannot lock run directory {self.path.parent}: "
+                               f"{exc.strerror}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -382,3 +382,9 @@ def test_a_metric_named_twice_is_one_metric(cli, tmp_path):
 
     assert make_config({"metrics": ["modes_2d", "modes_2d"]}) == make_config(
         {"metrics": ["modes_2d"]})
+
+
+def test_resume_of_a_folder_that_is_no_run_leaves_it_untouched(cli, tmp_path):
+    result = cli("run", "--resume", tmp_path)
+    assert result.code == 2 and "not a run directory" in result.err
+    assert list(tmp_path.iterdir()) == []
