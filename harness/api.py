@@ -13,17 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
+
+from harness.config import no_bool_numbers
 
 if TYPE_CHECKING:
     from harness.trainer import Run
 
 
 class Options(BaseModel):
-    """Base of every component's options: unknown keys, NaN and infinity are errors."""
+    """Base of every component's options: unknown keys, NaN, infinity and a boolean for a
+    number are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    _no_bool_numbers = model_validator(mode="before")(classmethod(no_bool_numbers))
 
 
 class Component:

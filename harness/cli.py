@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,7 +24,10 @@ from harness.manager import get_plugin_manager
 
 
 def path_arg(text: str) -> Path:
-    """A path flag's value; a NUL byte (which no file system accepts) is a usage error."""
+    """A path flag's value; an empty one or a NUL byte (which no file system accepts) is a
+    usage error."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (valid: a file or folder name)")
     if "\x00" in text:
         raise argparse.ArgumentTypeError(f"a path cannot contain a NUL byte: {text!r}")
     return Path(text)
@@ -213,8 +217,20 @@ def command_run(args: argparse.Namespace) -> int:
             info = read_run_file(directory, results.RUN)
             if not isinstance(info, dict):
                 raise HarnessError(f"--resume {directory}: {results.RUN} holds no run status")
-            if info.get("status") == "finished":
-                raise HarnessError(f"--resume {directory}: this run already finished")
+            status = info.get("status")
+            if status == "finished":
+                raise HarnessError(
+                    f"--resume {directory}: this run already finished (valid: a run that is "
+                    "interrupted, failed or was killed while running; to train longer, start a "
+                    "new run with more --steps)")
+            if status not in ("interrupted", "failed", "running"):
+                raise HarnessError(f"--resume {directory}: {results.RUN} has status {status!r} "
+                                   "(valid: interrupted, failed, running)")
+            kept = info.get("checkpoint_step")
+            if kept is not None and not (directory / results.CHECKPOINT).is_file():
+                raise HarnessError(
+                    f"--resume {directory}: {results.RUN} records a checkpoint of step {kept}, "
+                    f"but {results.CHECKPOINT} is missing (valid: restore it, or start a new run)")
             config, changed = resume_config(args, directory)
             run = trainer.build_run(config, pm)
             run.directory = directory
@@ -235,13 +251,23 @@ def execute(run: Any, resume: dict[str, Any] | None) -> int:
     try:
         trainer.execute(run, resume)
     except KeyboardInterrupt:
-        where = (f"at step {run.step}" if (directory / results.CHECKPOINT).exists()
-                 else "before the first checkpoint; resuming restarts it from step 0")
+        kept = run.checkpoint_step
+        where = ("before the first checkpoint; resuming restarts it from step 0" if kept is None
+                 else f"at step {run.step}" if kept == run.step
+                 else f"at step {run.step}; resuming continues from the checkpoint of step {kept}")
         print(f"\ninterrupted ({run.stop_signal or 'stop requested'}) {where}; continue with: "
               f"harness run --resume {directory}", file=sys.stderr)
         return 143 if run.stop_signal == "SIGTERM" else 130
     except RunFailed as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except HarnessError:
+        raise  # bad input found while starting (e.g. a foreign checkpoint): exit 2
+    except Exception as exc:  # a bug or an environment failure: one line, the traceback kept
+        path = directory / results.TRACEBACK
+        path.write_text(traceback.format_exc())
+        print(f"error: run failed at step {run.step}: {one_line(f'{type(exc).__name__}: {exc}')}"
+              f" (status failed; traceback in {path})", file=sys.stderr)
         return 1
     frame, metrics = leaderboard.load_runs([directory])
     print(leaderboard.render(leaderboard.aggregate(frame, metrics), metrics))
@@ -300,6 +326,9 @@ def command_leaderboard(args: argparse.Namespace) -> int:
         paths.append(args.results)
     frame, metrics = leaderboard.load_runs(paths)
     group_by = [c.strip() for c in args.group_by.split(",")] if args.group_by else None
+    if args.compare and group_by and not {"dataset", "cond"} <= set(group_by):
+        raise HarnessError(f"--compare {args.compare} matches rows by dataset and cond: "
+                           f"--group-by {args.group_by} must include both")
     table = leaderboard.aggregate(frame, metrics, group_by)
     suite = leaderboard.published_numbers(args.compare) if args.compare else None
     print(leaderboard.render(table, metrics, suite))

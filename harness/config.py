@@ -8,7 +8,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import ConfigError
 
@@ -37,6 +44,22 @@ MAX_SEED = 2**32 - 1
 
 INCEPTION_WEIGHTS_ENV = "HARNESS_INCEPTION_WEIGHTS"
 """Environment variable (set by ``--inception-weights``) with the Inception weights file."""
+
+
+def no_bool_numbers(model: type[BaseModel], data: Any) -> Any:
+    """Refuse ``true``/``false`` for a number field (pydantic would read them as 1 and 0)."""
+    if isinstance(data, dict):
+        for name, value in data.items():
+            field = model.model_fields.get(name)
+            if isinstance(value, bool) and field is not None and not _accepts_bool(field):
+                raise ValueError(f"{name}={value!r}: a boolean is not a number")
+    return data
+
+
+def _accepts_bool(field: Any) -> bool:
+    annotation = field.annotation
+    return annotation is bool or bool in getattr(annotation, "__args__", ()) or not (
+        {int, float} & {annotation, *getattr(annotation, "__args__", ())})
 
 
 class RunConfig(BaseModel):
@@ -89,6 +112,8 @@ class RunConfig(BaseModel):
     checkpoint_every: int = Field(default=1000, ge=1)
     sample_every: int = Field(default=0, ge=0, description="steps between sample grids; 0: end")
     progress: bool = True
+
+    _no_bool_numbers = model_validator(mode="before")(classmethod(no_bool_numbers))
 
     @field_validator("metrics")
     @classmethod

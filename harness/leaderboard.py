@@ -224,10 +224,10 @@ def aggregate(
     """
     if frame.empty:
         return frame
-    keys = group_by or [c for c in frame.columns if c not in metrics and c not in RUN_COLUMNS]
-    missing = [k for k in keys if k not in frame.columns]
+    valid = [c for c in frame.columns if c not in metrics and c not in RUN_COLUMNS]
+    keys = list(dict.fromkeys(group_by)) if group_by else valid
+    missing = [k for k in keys if k not in valid]
     if missing:
-        valid = [c for c in frame.columns if c not in metrics]
         raise HarnessError(f"unknown --group-by column(s) {missing} (valid: {', '.join(valid)})")
     values = [m for m in metrics if pd.api.types.is_numeric_dtype(frame[m])]
     grouped = frame.groupby(keys, sort=True, dropna=False)

@@ -10,7 +10,6 @@ import io
 import json
 import math
 import os
-import pickle
 import platform
 import socket
 import subprocess
@@ -28,6 +27,8 @@ from harness.errors import HarnessError
 CONFIG, RUN, METRICS, LOG = "config.json", "run.json", "metrics.json", "log.jsonl"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 LOCK = ".lock"
+TRACEBACK = "traceback.txt"
+"""Written when a run fails on an unexpected exception; the CLI prints one line naming it."""
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout; a checkpoint of another version is refused."""
 TRACKED_PACKAGES = ("gan-harness", "torch", "torchvision", "torch-fidelity", "lpips", "numpy",
@@ -100,7 +101,7 @@ def load_checkpoint(
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # torch's unpickler raises many kinds (KeyError for text files)
         reason = " ".join(str(exc).split())[:160]
         raise CheckpointError(
             f"{path} is not a readable gan-harness checkpoint (truncated or another kind of "

@@ -82,6 +82,8 @@ class Run:
     directory: Path | None = None
     step: int = 0
     stop_requested: bool = False
+    checkpoint_step: int | None = None
+    """Step of the newest checkpoint in the run directory (None before the first)."""
     stop_signal: str | None = None
     """The signal that stopped the run (SIGINT for Ctrl-C, SIGTERM for kill / schedulers)."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -172,6 +174,9 @@ def build_components(
     initialisation of every run identical."""
     location = DataLocation(config.data_root, config.download)
     dataset = classes["dataset"](options["dataset"], config.seed, location)
+    if dataset.x.is_floating_point() and not bool(dataset.x.isfinite().all()):
+        raise ConfigError(f"dataset {config.dataset!r} holds non-finite values with options "
+                          f"{options['dataset'].model_dump(mode='json')} (valid: smaller scales)")
     metrics = build_metrics(config, pm, dataset, resolved)
     context = BuildContext(dataset, config.prior, options["prior"], config.seed)
     conditioner = classes["cond"](options["cond"], context)
@@ -365,8 +370,6 @@ class Trainer:
             [*run.generator.parameters(), *run.prior.parameters()], lr=cfg.lr_g, betas=cfg.betas
         )
         self.opt_d = torch.optim.Adam(run.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-        self.checkpointed_step: int | None = None
-        """Step of the newest checkpoint on disk (None before the first)."""
         self.in_loop = False
         """Whether a signal can wait for the next step boundary (else it stops at once)."""
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 4)
@@ -453,7 +456,7 @@ class Trainer:
             raise results.CheckpointError(
                 f"the checkpoint does not fit this run's networks or state: {reason}"
             ) from None
-        self.checkpointed_step = self.run.step
+        self.run.checkpoint_step = self.run.step
 
     def _load_state_dict(self, state: dict[str, Any]) -> None:
         run = self.run
@@ -478,7 +481,7 @@ class Trainer:
         if run.directory is not None:
             path = run.directory / results.CHECKPOINT
             results.save_checkpoint(path, self.state_dict(), run.identity())
-            self.checkpointed_step = run.step
+            run.checkpoint_step = run.step
 
     # ------------------------------------------------------------------ loop
     def setup(self) -> None:
@@ -551,8 +554,8 @@ class Trainer:
         before = (f"last finite losses at step {last[0]}: {show(last[1])}" if last
                   else "it is the first step" if step == 1
                   else f"it is the first step after resuming from step {step - 1}")
-        kept = ("no checkpoint was written before it" if self.checkpointed_step is None
-                else f"the checkpoint of step {self.checkpointed_step} is kept")
+        kept = ("no checkpoint was written before it" if self.run.checkpoint_step is None
+                else f"the checkpoint of step {self.run.checkpoint_step} is kept")
         return f"diverged at step {step}: non-finite losses ({show(losses)}); {before}; {kept}"
 
     @contextlib.contextmanager
@@ -695,7 +698,7 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     try:
         with trainer.interruptible():
             notify("harness_run_started", run=run)
-            if trainer.checkpointed_step is None:
+            if run.checkpoint_step is None:
                 trainer.setup()
             trainer.train()
             metrics = trainer.evaluate()
@@ -709,14 +712,14 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
         error = (f"stopped by {run.stop_signal or 'request'}" if status == "interrupted"
                  else f"{type(exc).__name__}: {exc}")
         info.update(status=status, error=error, step=run.step, timings=run.timings,
-                    checkpoint_step=trainer.checkpointed_step)
+                    checkpoint_step=run.checkpoint_step)
         results.atomic_write_json(directory / results.RUN, info)
         raise
     run.timings["recluster_share"] = run.timings.get("recluster_s", 0.0) / max(
         run.timings["train_s"], 1e-9
     )
     info.update(status="finished", step=run.step, timings=run.timings, finished=now_stamp(),
-                checkpoint_step=trainer.checkpointed_step)
+                checkpoint_step=run.checkpoint_step)
     info.pop("error", None)
     info.pop("metric_errors", None)
     if run.metric_errors:

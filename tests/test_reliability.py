@@ -114,6 +114,9 @@ BAD_INPUT: dict[str, tuple[list[str] | Callable[[Path], list[str]], list[str]]] 
     "networks beyond memory": (["--backbone-opt", "g_width=16384", "--backbone-opt",
                                 "g_layers=64"], ["backbone 'mlp'", "parameters", "GiB"]),
     "--out not writable": (["--out", "/proc/harness-test"], ["--out", "cannot be written"]),
+    "empty path": (["--out", ""], ["--out", "empty path"]),
+    "boolean for a number": (["--cond-opt", "k=true"], ["k=True", "not a number"]),
+    "data beyond float range": (["--dataset-opt", "radius=1e300"], ["radius", "1000000"]),
 }
 
 
@@ -204,7 +207,7 @@ def test_foreign_checkpoint_is_refused(cli, tmp_path, interrupted):
     assert json.loads((interrupted / "run.json").read_text())["status"] == "interrupted"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random bytes", "other architecture",
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "text", "other architecture",
                                     "no identity"])
 def test_damaged_checkpoint_is_one_line(cli, interrupted, damage):
     path = interrupted / CHECKPOINT
@@ -212,6 +215,8 @@ def test_damaged_checkpoint_is_one_line(cli, interrupted, damage):
         path.write_bytes(path.read_bytes()[:1000])
     elif damage == "random bytes":
         path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "text":
+        path.write_text("hello\n")
     else:
         state = torch.load(path, weights_only=True)
         if damage == "other architecture":
@@ -224,6 +229,7 @@ def test_damaged_checkpoint_is_one_line(cli, interrupted, damage):
     errors = [line for line in result.err.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error:"), result.err
     expected = {"truncated": "not a readable", "random bytes": "not a readable",
+                "text": "not a readable",
                 "other architecture": "does not fit", "no identity": "format"}[damage]
     assert expected in errors[0]
 
@@ -388,3 +394,50 @@ def test_resume_of_a_folder_that_is_no_run_leaves_it_untouched(cli, tmp_path):
     result = cli("run", "--resume", tmp_path)
     assert result.code == 2 and "not a run directory" in result.err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda d: (d / "checkpoints" / "last.pt").unlink(), "last.pt is missing"),
+    (lambda d: (d / "run.json").write_text(
+        (d / "run.json").read_text().replace('"interrupted"', '"finished"')), "already finished"),
+    (lambda d: (d / "run.json").write_text(
+        (d / "run.json").read_text().replace('"interrupted"', "5")), "status 5"),
+])
+def test_resume_refuses_a_run_whose_records_do_not_allow_it(cli, interrupted, change, expected):
+    change(interrupted)
+    result = cli("run", "--resume", interrupted, "--steps", "40")
+    assert result.code == 2 and expected in result.err and "valid" in result.err
+
+
+def test_an_unexpected_failure_is_one_line_with_the_traceback_kept(cli, tmp_path, monkeypatch):
+    from harness.trainer import Trainer
+
+    real_step = Trainer.step
+
+    def failing_step(self):
+        if self.run.step == 3:
+            raise RuntimeError("boom\nsecond line")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "step", failing_step)
+    result = cli("run", *FAST, *KMEANS, "--out", tmp_path)
+    assert result.code == 1
+    (line,) = [x for x in result.err.splitlines() if x.startswith("error:")]
+    assert "run failed at step 3: RuntimeError: boom; second line" in line
+    run_dir = only_run(tmp_path)
+    assert "Traceback" in (run_dir / "traceback.txt").read_text()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--group-by", "dataset,dataset"], None),
+    (["--group-by", "seed"], "unknown --group-by"),
+    (["--compare", "liu2020-table1", "--group-by", "dataset"], "must include both"),
+])
+def test_leaderboard_grouping_is_checked(cli, tmp_path, flags, expected):
+    assert cli("run", *FAST, *KMEANS, "--out", tmp_path).code == 0
+    result = cli("leaderboard", tmp_path, *flags)
+    if expected is None:
+        assert result.code == 0 and "ring" in result.out
+    else:
+        assert result.code == 2 and expected in result.err and "Traceback" not in result.err

@@ -12,7 +12,7 @@ from harness.api import DataLocation, Dataset, DataSpec, ModeSpec, Options
 
 class MixtureOptions(Options):
     size: int = Field(100_000, ge=1, le=10_000_000, description="number of training points")
-    std: float = Field(0.01, gt=0, description="std of each Gaussian mode")
+    std: float = Field(0.01, gt=0, le=1e6, description="std of each Gaussian mode")
 
 
 class Mixture2D(Dataset):
@@ -42,7 +42,7 @@ class Mixture2D(Dataset):
 
 class RingOptions(MixtureOptions):
     modes: int = Field(8, ge=1, le=10_000, description="number of Gaussians on the circle")
-    radius: float = Field(2.0, gt=0, description="radius of the circle")
+    radius: float = Field(2.0, gt=0, le=1e6, description="radius of the circle")
 
 
 class Ring(Mixture2D):
@@ -58,7 +58,7 @@ class Ring(Mixture2D):
 
 
 class GridOptions(MixtureOptions):
-    std: float = Field(0.05, gt=0, description="std of each Gaussian mode")
+    std: float = Field(0.05, gt=0, le=1e6, description="std of each Gaussian mode")
     side: int = Field(5, ge=1, le=100, description="modes per side; centres at spacing 2, centred")
 
 
