@@ -266,24 +266,40 @@ def check_networks(run: Run) -> None:
 
 
 def forward_check(run: Run, n: int) -> None:
-    """G and D (copies, training mode, no gradients) on ``n`` examples; shapes checked."""
+    """G and D in training mode, without gradients, on ``n`` examples; shapes checked.
+
+    Buffers that a training-mode forward updates (BatchNorm statistics, spectral norm's
+    power-iteration vectors) and the modes are restored after, so training starts exactly as
+    without the check, with no copy of the networks in memory.
+    """
     spec, device = run.dataset.spec, run.device
     net_classes = run.conditioner.num_classes if run.conditioner.conditions_networks else 1
-    with run.seeded(run.config.seed), torch.no_grad():
-        generator = copy.deepcopy(run.generator).train()
-        discriminator = copy.deepcopy(run.discriminator).train()
-        labels = (torch.arange(n) % run.conditioner.num_classes).to(device)
-        fake = generator(run.prior.sample(n, labels), run.net_labels(labels))
-        if tuple(fake.shape) != (n, *spec.shape):
-            raise ValueError(f"G made samples of shape {tuple(fake.shape[1:])}")
-        real = run.dataset.batch(torch.arange(n) % len(run.dataset)).to(device)
-        for x in (real, fake):
-            logits, features = discriminator(x)
-            if tuple(logits.shape) != (n, net_classes) or features.shape[0] != n:
-                raise ValueError(
-                    f"D returned logits of shape {tuple(logits.shape)} and features of shape "
-                    f"{tuple(features.shape)} (expected ({n}, {net_classes}) and ({n}, ...))"
-                )
+    nets = (run.generator, run.discriminator)
+    modes = [net.training for net in nets]
+    saved = [[b.clone() for b in net.buffers()] for net in nets]
+    try:
+        with run.seeded(run.config.seed), torch.no_grad():
+            run.generator.train()
+            run.discriminator.train()
+            labels = (torch.arange(n) % run.conditioner.num_classes).to(device)
+            fake = run.generator(run.prior.sample(n, labels), run.net_labels(labels))
+            if tuple(fake.shape) != (n, *spec.shape):
+                raise ValueError(f"G made samples of shape {tuple(fake.shape[1:])}")
+            real = run.dataset.batch(torch.arange(n) % len(run.dataset)).to(device)
+            for x in (real, fake):
+                logits, features = run.discriminator(x)
+                if tuple(logits.shape) != (n, net_classes) or features.shape[0] != n:
+                    raise ValueError(
+                        f"D returned logits of shape {tuple(logits.shape)} and features of "
+                        f"shape {tuple(features.shape)} (expected ({n}, {net_classes}) and "
+                        f"({n}, ...))"
+                    )
+    finally:
+        with torch.no_grad():
+            for net, mode, buffers in zip(nets, modes, saved, strict=True):
+                net.train(mode)
+                for buffer, value in zip(net.buffers(), buffers, strict=True):
+                    buffer.copy_(value)
 
 
 def available_memory() -> int:

@@ -36,7 +36,7 @@ INIT_TYPES = (nn.Conv2d, nn.Linear, nn.Embedding)
 
 
 class BigGANOptions(Options):
-    width: int = Field(16, ge=1, le=4096, description="channel multiplier ch (BigGAN CIFAR: 64)")
+    width: int = Field(16, ge=1, le=512, description="channel multiplier ch (BigGAN CIFAR: 64)")
     shared_dim: int = Field(128, ge=1, le=16_384, description="size of G's shared class embedding")
     attention: int = Field(
         0, ge=0, description="resolution of the self-attention block in G and D (0 = none)"

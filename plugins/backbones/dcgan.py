@@ -25,7 +25,7 @@ from harness_plugins.backbones.layers import image_size, initialize
 
 class DCGANOptions(Options):
     width: int = Field(
-        16, ge=1, le=4096,
+        16, ge=1, le=1024,
         description="base channels (G's last block, D's first conv); Liu et al.: 64",
     )
     embed_dim: int = Field(256, ge=1, le=16_384, description="class embedding size (L2-normalised)")

@@ -31,7 +31,7 @@ from harness_plugins.backbones.layers import (
 
 class ResNetOptions(Options):
     width: int = Field(
-        64, ge=1, le=4096, description="channels of every block in G and D (SNGAN: 256/128)"
+        64, ge=1, le=1024, description="channels of every block in G and D (SNGAN: 256/128)"
     )
     spectral_norm: bool = Field(True, description="spectral norm on every layer of D")
 
