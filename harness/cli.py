@@ -199,7 +199,7 @@ def read_run_file(directory: Path, name: str) -> Any:
     except FileNotFoundError:
         raise HarnessError(f"--resume {directory}: no {name}; not a run directory") from None
     except (OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         raise HarnessError(f"--resume {directory}: cannot read {name}: {reason}") from None
 
 

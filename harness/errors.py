@@ -8,6 +8,11 @@ def one_line(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in joined)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception in one line: its type and message."""
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
 class HarnessError(Exception):
     """A user-facing error: bad input, a missing plugin, an impossible composition."""
 

@@ -14,7 +14,7 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.errors import LifecycleHookError, PluginError, one_line
+from harness.errors import LifecycleHookError, PluginError, describe, one_line
 
 ENTRY_POINT_GROUP = "harness.plugins"
 ALLOW_ENV = "HARNESS_LOAD_PLUGINS"
@@ -263,11 +263,6 @@ def contribution(hook: Callable[[], Any]) -> dict[str, Any]:
         if not isinstance(name, str) or not (isinstance(target, type) or module and colon and attr):
             raise PluginError(f"returned {name!r}: {target!r}, {expected}")
     return dict(result)
-
-
-def describe(exc: BaseException) -> str:
-    """An exception in one line: its type and message."""
-    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def article(noun: str) -> str:

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, one_line
 
 CONFIG, RUN, METRICS, LOG = "config.json", "run.json", "metrics.json", "log.jsonl"
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -102,7 +102,7 @@ def load_checkpoint(
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as exc:  # torch's unpickler raises many kinds (KeyError for text files)
-        reason = " ".join(str(exc).split())[:160]
+        reason = one_line(exc)[:160]
         raise CheckpointError(
             f"{path} is not a readable gan-harness checkpoint (truncated or another kind of "
             f"file): {type(exc).__name__}: {reason}"

@@ -37,7 +37,7 @@ from harness.api import (
     Prior,
 )
 from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
-from harness.errors import ConfigError, Diverged, MetricError, MetricUnavailable, one_line
+from harness.errors import ConfigError, Diverged, MetricError, MetricUnavailable, describe, one_line
 from harness.manager import PluginManager
 
 EVAL_BATCH = 10_000
@@ -236,7 +236,7 @@ def allocation_guard() -> Iterator[None]:
     except RuntimeError as exc:
         if "allocate" not in str(exc) and "out of memory" not in str(exc):
             raise
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(exc)[:200]
         raise ConfigError(f"not enough memory to build this run ({reason}); reduce the sizes "
                           "in its options (dataset size, widths, --z-dim)") from None
 
@@ -256,7 +256,7 @@ def check_networks(run: Run) -> None:
         try:
             forward_check(run, n)
         except Exception as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            reason = describe(exc)[:300]
             if n < 2:
                 raise ConfigError(
                     f"--batch-size {n}: {what} with batches of {n}: {reason} "
@@ -468,7 +468,7 @@ class Trainer:
         try:
             self._load_state_dict(state)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            reason = describe(exc)[:200]
             raise results.CheckpointError(
                 f"the checkpoint does not fit this run's networks or state: {reason}"
             ) from None
