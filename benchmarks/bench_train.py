@@ -26,10 +26,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.build import build_run
 from harness.config import make_config
 from harness.manager import get_plugin_manager
 from harness.results import atomic_write_json, environment
-from harness.trainer import Run, Trainer, build_run
+from harness.run import Run
+from harness.trainer import Trainer
 
 LR = 1e-4
 BETAS = (0.8, 0.999)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -19,7 +19,7 @@ from torch import nn
 from harness.config import no_bool_numbers
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 
 class Options(BaseModel):
@@ -141,12 +141,22 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x) -> (logits (n, num_classes), features D_f (n, feature_dim))."""
+    """D(x) -> (logits (n, num_classes), features D_f (n, feature_dim)).
+
+    ``logits[:, k]`` scores x as a real example of class k; a probability vector p over the
+    classes is scored by ``class_score`` as sum_k p_k logits[:, k].
+    """
 
     feature_dim: int
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def unary(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The unconditional score of x from its features D_f, shape (n,), or None when D has
+        none. A projection discriminator (Miyato & Koyama 2018) has one: its logits are
+        ``unary + <embedding_k, D_f>``, and the unary term is BigBiGAN's image-only score."""
+        return None
 
 
 class Backbone(Component, ABC):
@@ -166,18 +176,19 @@ class Backbone(Component, ABC):
 
 # ----------------------------------------------------------------------------- losses
 class Loss(Component, ABC):
-    """An adversarial loss on the logits of the sample's own class."""
+    """An adversarial loss on D's scores: each sample's score for its condition (see
+    ``class_score``), or any other score such as D's unary one."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
 
     @abstractmethod
     def discriminator(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """D's loss from real and fake logits (each (n,))."""
+        """D's loss (a scalar) from real and fake scores (each (n,) float)."""
 
     @abstractmethod
     def generator(self, fake: torch.Tensor) -> torch.Tensor:
-        """G's loss from fake logits (n,)."""
+        """G's loss (a scalar) from fake scores (n,) float."""
 
 
 # ----------------------------------------------------------------------------- conditioners
@@ -210,19 +221,151 @@ class Models:
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a conditioner sees when it is built, before any network exists."""
+    """What a conditioner sees when it is built, before G and D exist."""
 
     dataset: Dataset
     prior_name: str
     prior_options: Options
     seed: int
+    device: torch.device = torch.device("cpu")
+    """Where the run trains: a conditioner's own networks live here."""
+    optimizer: OptimizerFactory = field(default_factory=lambda: adam)
+    """Makes the optimiser of a component's own network, of the run's kind (``--optimizer``):
+    ``optimizer(parameters, lr, betas)``; ``betas=None`` takes D's betas of the run."""
 
 
-class Conditioner(Component, ABC):
+OptimizerFactory = Callable[
+    [list[nn.Parameter], float, "tuple[float, float] | None"], torch.optim.Optimizer
+]
+
+
+def adam(
+    parameters: list[nn.Parameter], lr: float, betas: tuple[float, float] | None = None
+) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` (betas default (0.9, 0.999)): the factory outside a run."""
+    return torch.optim.Adam(parameters, lr=lr, betas=betas or (0.9, 0.999))
+
+
+# ----------------------------------------------------------------------------- training step
+def class_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's score for its condition, (n,).
+
+    ``logits`` (n, K) float. ``labels``: (n,) long class ids in [0, K), giving the logit of
+    the sample's own class (the masked multi-output D of Liu et al. 2020); or (n, K) float
+    probability vectors p, giving sum_k p_k logit_k, which for a projection D is its score
+    for the soft condition p (slcGAN, Noroozi 2020 §3.2). Equal on one-hot vectors.
+    """
+    if labels.is_floating_point():
+        return (logits * labels).sum(1)
+    return logits.gather(1, labels[:, None]).squeeze(1)
+
+
+@dataclass
+class Scored:
+    """One batch as the discriminator scored it."""
+
+    x: torch.Tensor
+    """The batch (n, *shape) before augmentation: real data, or G's samples."""
+    labels: torch.Tensor
+    """The condition D saw, as the networks see it: (n,) long ids or (n, K) probabilities."""
+    logits: torch.Tensor
+    """D's logits (n, K) on the augmented batch."""
+    features: torch.Tensor
+    """D_f (n, feature_dim) on the augmented batch."""
+    discriminator: Discriminator = field(repr=False)
+    index: torch.Tensor | None = None
+    """Dataset indices (n,) of real examples (CPU, long); None for generated ones."""
+
+    @property
+    def score(self) -> torch.Tensor:
+        """Each sample's score for its condition, (n,) (``class_score``)."""
+        return class_score(self.logits, self.labels)
+
+    def unary(self) -> torch.Tensor | None:
+        """D's unconditional score (n,) (``Discriminator.unary``), or None when D has none."""
+        return self.discriminator.unary(self.features)
+
+
+class Step(Protocol):
+    """What the training step offers the components that add terms to it (``StepTerms``)."""
+
+    run: Run
+
+    def real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch ``(index (n,) CPU long, x (n, *shape) on the device)``, drawn from
+        the run's data stream."""
+
+    def fake_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples of the trained G with gradients, and their labels: y ~ P(c),
+        z ~ p(z|y), from the run's label and latent streams."""
+
+    def discriminate(
+        self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+    ) -> Scored:
+        """D on the augmented ``x`` (``--augment``), scored for the condition ``labels``."""
+
+
+class StepTerms:
+    """Loss terms a component adds to the training step, and the update of its own networks.
+
+    Every iteration updates D (``d_steps`` times), then G, then each component's own
+    networks (``train_own``); the adversarial ``Loss`` gives the base terms of D's and G's
+    losses and each component may add its own. Terms are scalar tensors with gradients;
+    the trainer adds them to the loss of the network being updated and logs each (detached)
+    under its key, so keys must be distinct across components (prefix them: ``d_r1``).
+    Every hook is optional; the defaults add nothing.
+    """
+
+    needs_real_grad: ClassVar[bool] = False
+    """Whether real batches must require gradients (a gradient penalty on reals, e.g. R1):
+    ``Scored.x`` of real batches then has ``requires_grad``."""
+
+    def d_terms(self, real: Scored, fake: Scored, step: Step) -> dict[str, torch.Tensor]:
+        """Terms added to D's loss for one real and one (detached) fake batch."""
+        return {}
+
+    def g_terms(self, fake: Scored, step: Step) -> dict[str, torch.Tensor]:
+        """Terms added to G's loss for G's batch (``fake.x`` carries G's gradients)."""
+        return {}
+
+    def train_own(self, step: Step) -> dict[str, torch.Tensor]:
+        """Update the component's own networks once per iteration, after G; return the
+        detached losses to log."""
+        return {}
+
+
+# ----------------------------------------------------------------------------- regularizers
+class Regularizer(Component, StepTerms):
+    """Adds terms to D's and/or G's loss (``--reg``), e.g. a gradient penalty."""
+
+    def __init__(self, options: Options, spec: DataSpec) -> None:
+        self.options = options
+        self.spec = spec
+
+
+class Augmentation(Component, StepTerms):
+    """Transforms every input of D, real and fake alike, in the D and G steps (``--augment``).
+
+    Must be differentiable (G's gradients flow through it), draw its randomness from the
+    global torch RNG on the batch's device, and keep the batch's shape, dtype and device.
+    """
+
+    def __init__(self, options: Options, spec: DataSpec) -> None:
+        self.options = options
+        self.spec = spec
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The augmented batch, (n, *shape) float, same device."""
+
+
+class Conditioner(Component, StepTerms, ABC):
     """Gives the labels y: for real batches, and P(c) for fake ones.
 
     ``num_classes == 1`` is a plain GAN. When ``conditions_networks`` is False the labels
-    only drive the prior (e.g. GM-GAN's component index) and G, D are unconditional.
+    only drive the prior (e.g. GM-GAN's component index) and G, D are unconditional. A
+    conditioner may own networks and add loss terms to the step (``StepTerms``), as slcGAN's
+    clustering network does; its ``state_dict`` must then hold them and their optimisers.
     """
 
     conditions_networks: ClassVar[bool] = True
@@ -243,8 +386,13 @@ class Conditioner(Component, ABC):
     def assign(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Labels of the real examples at ``index`` with D features ``features``; pure."""
 
-    def labels_for_real(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Labels for a real training batch; may also update state (online methods)."""
+    def labels_for_real(
+        self, index: torch.Tensor, features: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """The condition of a real training batch: (n,) long labels, or (n, num_classes)
+        float probability vectors (rows summing to 1), on ``features``' device, without
+        gradients. ``index`` (n,) dataset indices, ``features`` D_f (detached), ``x`` the
+        batch (not augmented). May update state (online methods)."""
         return self.assign(index, features)
 
     @abstractmethod

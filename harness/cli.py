@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from harness import __version__, results
 from harness.config import (
+    COMPONENT_FIELDS,
     INCEPTION_WEIGHTS_ENV,
     RESUMABLE,
     RunConfig,
@@ -33,12 +34,24 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
+def betas_arg(text: str) -> tuple[float, float]:
+    """``"B1,B2"`` -> (B1, B2); the range is checked with the rest of the config."""
+    try:
+        first, second = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not two numbers B1,B2 (e.g. 0.0,0.999)") from None
+    return first, second
+
+
 RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--prior": ("prior", str, "latent prior plugin (default: gaussian)"),
     "--cond": ("cond", str, "conditioning source plugin (default: kmeans_d)"),
     "--backbone": ("backbone", str, "GAN backbone plugin (default: mlp)"),
     "--dataset": ("dataset", str, "dataset plugin (default: ring)"),
     "--loss": ("loss", str, "adversarial loss plugin (default: bce)"),
+    "--reg": ("reg", str, "regulariser plugin, e.g. r1 (default: none)"),
+    "--augment": ("augment", str, "augmentation of D's inputs, e.g. diffaug (default: none)"),
     "--seed": ("seed", int, "random seed (default: 0)"),
     "--steps": ("steps", int, "training iterations (default: 1500)"),
     "--batch-size": ("batch_size", int, "batch size (default: 100)"),
@@ -46,6 +59,11 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--z-dim": ("z_dim", int, "latent size (default: the backbone's)"),
     "--lr-g": ("lr_g", float, "G learning rate (default: 1e-4)"),
     "--lr-d": ("lr_d", float, "D learning rate (default: 1e-4)"),
+    "--betas-g": ("betas_g", betas_arg, "G's Adam betas B1,B2 (default: 0.8,0.999)"),
+    "--betas-d": ("betas_d", betas_arg, "D's Adam betas B1,B2 (default: 0.8,0.999)"),
+    "--optimizer": ("optimizer", str, "adam or adamw, for every network (default: adam)"),
+    "--weight-decay": ("weight_decay", float,
+                       "optimiser weight decay (default: Adam 0, AdamW 0.01)"),
     "--eval-samples": ("eval_samples", int, "generated samples for metrics (default: 50000)"),
     "--out": ("out", path_arg, "results folder (default: results)"),
     "--device": ("device", str, "cpu, cuda or auto (default: cpu)"),
@@ -59,7 +77,7 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--data-root": ("data_root", path_arg,
                     "folder of MNIST / CIFAR-10 / image data (default: data)"),
 }
-OPTION_FLAGS = ("prior", "cond", "backbone", "dataset", "loss")
+OPTION_FLAGS = ("prior", "cond", "backbone", "dataset", "loss", "reg", "augment")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -204,7 +222,8 @@ def read_run_file(directory: Path, name: str) -> Any:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from harness import trainer
+    from harness.build import build_run
+    from harness.run import run_name
 
     pm = get_plugin_manager()
     if args.resume:
@@ -232,24 +251,24 @@ def command_run(args: argparse.Namespace) -> int:
                     f"--resume {directory}: {results.RUN} records a checkpoint of step {kept}, "
                     f"but {results.CHECKPOINT} is missing (valid: restore it, or start a new run)")
             config, changed = resume_config(args, directory)
-            run = trainer.build_run(config, pm)
+            run = build_run(config, pm)
             run.directory = directory
             return execute(run, {"changed": changed})
     config = config_from_args(args)
     results.check_output_dir(config.out)
-    run = trainer.build_run(config, pm)  # every input is validated before any write
-    run.directory = results.create_run_dir(config.out, trainer.run_name(config))
+    run = build_run(config, pm)  # every input is validated before any write
+    run.directory = results.create_run_dir(config.out, run_name(config))
     with results.RunLock(run.directory):
         return execute(run, None)
 
 
 def execute(run: Any, resume: dict[str, Any] | None) -> int:
     """Train ``run`` (its directory locked), then print its one-row leaderboard."""
-    from harness import leaderboard, trainer
+    from harness import leaderboard, runner
 
     directory = run.directory
     try:
-        trainer.execute(run, resume)
+        runner.execute(run, resume)
     except KeyboardInterrupt:
         kept = run.checkpoint_step
         where = ("before the first checkpoint; resuming restarts it from step 0" if kept is None
@@ -310,8 +329,10 @@ def command_plugins(args: argparse.Namespace) -> int:
 
 
 def family_flag(family: str) -> str:
-    return {"conditioners": "cond", "priors": "prior", "backbones": "backbone",
-            "datasets": "dataset", "losses": "loss", "metrics": "metric"}[family]
+    """The run flag naming a component of ``family``: ``cond`` for conditioners."""
+    if family == "metrics":
+        return "metric"
+    return next(fld for fld, fam in COMPONENT_FIELDS.items() if fam == family)
 
 
 def _type_name(annotation: Any) -> str:

@@ -25,6 +25,8 @@ COMPONENT_FIELDS = {
     "backbone": "backbones",
     "dataset": "datasets",
     "loss": "losses",
+    "reg": "regularizers",
+    "augment": "augmentations",
 }
 """Config field -> plugin family of the component it names."""
 
@@ -39,6 +41,12 @@ RESUMABLE = {
     "data_root", "download",
 }
 """Fields ``--resume`` may change: they extend (``steps``, never fewer) or observe a run."""
+ADDED_LATER = {
+    "reg": "none", "reg_options": {}, "augment": "none", "augment_options": {},
+    "optimizer": "adam", "weight_decay": None, "betas_g": None, "betas_d": None,
+}
+"""Fields added after runs were first recorded, with their defaults: at these values they are
+left out of the identity, so a run keeps its hash (and its checkpoints stay resumable)."""
 MAX_SEED = 2**32 - 1
 """Largest seed: the run derives further seeds by adding small offsets (numpy's bound too)."""
 
@@ -72,6 +80,8 @@ class RunConfig(BaseModel):
     backbone: str = "mlp"
     dataset: str = "ring"
     loss: str = "bce"
+    reg: str = Field(default="none", description="regulariser plugin (e.g. r1)")
+    augment: str = Field(default="none", description="augmentation of D's inputs (e.g. diffaug)")
     metrics: list[str] | None = Field(
         default=None, description="metric plugins to run; default: all that support the dataset"
     )
@@ -80,6 +90,8 @@ class RunConfig(BaseModel):
     backbone_options: dict[str, Any] = {}
     dataset_options: dict[str, Any] = {}
     loss_options: dict[str, Any] = {}
+    reg_options: dict[str, Any] = {}
+    augment_options: dict[str, Any] = {}
     metric_options: dict[str, dict[str, Any]] = {}
 
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -90,6 +102,14 @@ class RunConfig(BaseModel):
     lr_g: float = Field(default=1e-4, gt=0)
     lr_d: float = Field(default=1e-4, gt=0)
     betas: tuple[float, float] = (0.8, 0.999)
+    betas_g: tuple[float, float] | None = Field(default=None, description="G's; default: betas")
+    betas_d: tuple[float, float] | None = Field(default=None, description="D's; default: betas")
+    optimizer: Literal["adam", "adamw"] = Field(
+        default="adam", description="optimiser of every network (torch.optim.Adam / AdamW)"
+    )
+    weight_decay: float | None = Field(
+        default=None, ge=0, le=1, description="default: the optimiser's (Adam 0, AdamW 0.01)"
+    )
     eval_samples: int = Field(default=50_000, ge=1)
     ema_decay: float | None = Field(
         default=None, ge=0, lt=1, description="EMA of G's weights for evaluation (e.g. 0.999)"
@@ -127,16 +147,26 @@ class RunConfig(BaseModel):
             raise ValueError("a path cannot contain a NUL byte")
         return v
 
-    @field_validator("betas")
+    @field_validator("betas", "betas_g", "betas_d")
     @classmethod
-    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
+    def _betas_in_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not all(0 <= b < 1 for b in v):
             raise ValueError(f"betas must lie in [0, 1), got {v}")
         return v
 
+    def network_betas(self, network: Literal["g", "d"]) -> tuple[float, float]:
+        """Adam's betas of G (``"g"``, also the prior's) or D (``"d"``)."""
+        own = self.betas_g if network == "g" else self.betas_d
+        return own if own is not None else self.betas
+
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the results (all but output/logging settings)."""
-        return self.model_dump(mode="json", exclude=NON_SCIENTIFIC)
+        """The fields that determine the results (all but output/logging settings; fields
+        of ``ADDED_LATER`` only when they differ from their defaults)."""
+        values = self.model_dump(mode="json", exclude=NON_SCIENTIFIC)
+        for name, default in ADDED_LATER.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     def short_hash(self) -> str:
         """8 hex digits of the identity: part of the run directory's name."""

@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 hookspec = pluggy.HookspecMarker("harness")
 
-FAMILIES = ("priors", "conditioners", "backbones", "datasets", "metrics", "losses")
+FAMILIES = (
+    "priors", "conditioners", "backbones", "datasets", "metrics", "losses", "regularizers",
+    "augmentations",
+)
 
 
 @hookspec
@@ -46,6 +49,17 @@ def harness_metrics() -> dict[str, Any]:
 @hookspec
 def harness_losses() -> dict[str, Any]:
     """Adversarial losses, subclasses of ``harness.api.Loss``."""
+
+
+@hookspec
+def harness_regularizers() -> dict[str, Any]:
+    """Loss terms such as gradient penalties (``--reg``), subclasses of
+    ``harness.api.Regularizer``."""
+
+
+@hookspec
+def harness_augmentations() -> dict[str, Any]:
+    """Augmentations of D's inputs (``--augment``), subclasses of ``harness.api.Augmentation``."""
 
 
 @hookspec

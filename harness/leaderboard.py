@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from harness import results
-from harness.config import COMPONENT_FIELDS, make_config
+from harness.config import ADDED_LATER, COMPONENT_FIELDS, NON_SCIENTIFIC, make_config
 from harness.errors import HarnessError, one_line
 
 ALWAYS_SHOWN = ("dataset", "cond", "prior", "backbone")
@@ -93,6 +93,8 @@ def read_object(path: Path) -> dict[str, Any]:
 
 def _options(resolved: dict[str, Any], key: str) -> dict[str, Any]:
     entry = resolved.get(key)
+    if entry is None and ADDED_LATER.get(key) == "none":
+        return {}  # a run from before this family existed used none of it
     options = entry.get("options") if isinstance(entry, dict) else None
     if not isinstance(options, dict):
         raise Unusable(f"{results.CONFIG} has no resolved options for {key}")
@@ -109,7 +111,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     if not isinstance(saved.get("config"), dict):
         raise Unusable(f'{results.CONFIG} has no "config" object')
     try:
-        config = make_config(saved["config"]).identity()
+        config = make_config(saved["config"]).model_dump(mode="json", exclude=NON_SCIENTIFIC)
     except HarnessError as exc:
         raise Unusable(f"{results.CONFIG}: {exc}") from None
     resolved = saved.get("resolved")

@@ -23,7 +23,8 @@ BLOCK_ENV = "HARNESS_BLOCK_PLUGINS"
 """Comma-separated entry-point names never to load (the escape hatch for a broken plugin)."""
 
 SINGULAR = {"priors": "prior", "conditioners": "conditioner", "backbones": "backbone",
-            "datasets": "dataset", "metrics": "metric", "losses": "loss"}
+            "datasets": "dataset", "metrics": "metric", "losses": "loss",
+            "regularizers": "regularizer", "augmentations": "augmentation"}
 """One component of each family, for messages."""
 HOOK_NAMES = tuple(name for name in vars(hookspecs) if name.startswith("harness_"))
 

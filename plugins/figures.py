@@ -20,7 +20,7 @@ from harness.results import LOG, atomic_write_bytes
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from harness.trainer import Run
+    from harness.run import Run
 
 ROWS = 20
 """Classes shown in a grid: the most probable ones under P(c)."""

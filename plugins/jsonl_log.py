@@ -16,7 +16,7 @@ from harness import hookimpl
 from harness.results import LOG, atomic_write_bytes, finite_or_none
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 
 def _append(run: Run, record: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import cli, trainer
+from harness import build, cli
 from harness.cli import OPTION_FLAGS, RUN_FLAGS, main
 from harness.config import COMPONENT_FIELDS
 from harness.manager import get_plugin_manager
@@ -55,7 +55,7 @@ def invoke(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # a fuzzed --out or --config is relative to it
     # a 2 GiB machine: legal but large sizes are refused by the memory estimates (exercising
     # them) instead of allocating gigabytes on the test machine
-    monkeypatch.setattr(trainer, "available_memory", lambda: 2 * 2**30)
+    monkeypatch.setattr(build, "available_memory", lambda: 2 * 2**30)
     monkeypatch.setenv("HARNESS_INCEPTION_WEIGHTS", "")
     threads = torch.get_num_threads()
 

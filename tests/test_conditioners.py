@@ -50,7 +50,7 @@ def self_conditioned(dataset, **opts) -> SelfConditioned:
 def test_clusters_on_d_features_recover_grid_modes(grid):
     cond = self_conditioned(grid)
     cond.setup(models(grid, FeatureMap()))
-    labels = cond.labels_for_real(torch.arange(len(grid)), torch.empty(len(grid), 2))
+    labels = cond.labels_for_real(torch.arange(len(grid)), torch.empty(len(grid), 2), None)
     assert adjusted_rand_score(grid.y, labels) == 1.0
 
 
@@ -59,9 +59,9 @@ def test_labels_come_from_the_discriminator_frozen_at_clustering_time(grid):
     d = FeatureMap()
     cond.setup(models(grid, d))
     index = torch.arange(100)
-    before = cond.labels_for_real(index, d(grid.x[index])[1])
+    before = cond.labels_for_real(index, d(grid.x[index])[1], None)
     drifted = torch.randn(100, 2) * 100  # live features moved; labels must not
-    assert torch.equal(cond.labels_for_real(index, drifted), before)
+    assert torch.equal(cond.labels_for_real(index, drifted, None), before)
 
 
 @pytest.mark.parametrize("init_from_previous", [True, False])
@@ -143,7 +143,7 @@ def test_online_kmeans_moves_centres_towards_batches(grid):
     before = cond.centers.clone()
     for _ in range(50):
         index = torch.randint(len(grid), (100,))
-        cond.labels_for_real(index, grid.x[index] + shift)
+        cond.labels_for_real(index, grid.x[index] + shift, None)
     moved = (cond.centers - before).mean(0)
     assert moved[0] > 0.3 and abs(moved[1]) < 0.05
     assert cond.class_weights().sum() == pytest.approx(1.0)
@@ -154,15 +154,15 @@ def test_online_kmeans_revives_dead_centres(grid):
     cond.setup(models(grid, FeatureMap()))
     only_one_mode = grid.x[grid.y == 0][:100]
     for _ in range(30):
-        cond.labels_for_real(torch.arange(100), only_one_mode)
+        cond.labels_for_real(torch.arange(100), only_one_mode, None)
     assert (cond.class_weights() > 0).all()
 
 
 def test_random_labels_are_fixed_per_example_and_uniform(grid):
     cond = RandomLabels(RandomOptions(k=10), context(grid))
     index = torch.arange(50)
-    first = cond.labels_for_real(index, torch.zeros(50, 2))
-    assert torch.equal(cond.labels_for_real(index, torch.randn(50, 2)), first)
+    first = cond.labels_for_real(index, torch.zeros(50, 2), None)
+    assert torch.equal(cond.labels_for_real(index, torch.randn(50, 2), None), first)
     assert torch.allclose(cond.class_weights(), torch.full((10,), 0.1, dtype=torch.float))
 
 
@@ -170,7 +170,7 @@ def test_ground_truth_uses_dataset_labels(grid):
     cond = GroundTruth(Options(), context(grid))
     assert cond.num_classes == 25
     index = torch.arange(30)
-    assert torch.equal(cond.labels_for_real(index, torch.zeros(30, 2)), grid.y[index])
+    assert torch.equal(cond.labels_for_real(index, torch.zeros(30, 2), None), grid.y[index])
 
 
 def test_gmm_conditioner_needs_a_mixture_prior(grid):

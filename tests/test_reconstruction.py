@@ -13,7 +13,7 @@ from torch import nn
 from harness.api import BuildContext, DataSpec, Generator, Options, to_uint8
 from harness.errors import MetricUnavailable
 from harness.manager import get_plugin_manager
-from harness.trainer import Run
+from harness.run import Run
 from harness_plugins.metrics.reconstruction import LPIPSReconstruction
 
 pytest.importorskip("lpips")

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from harness import hookimpl
-from harness.api import Options, Prior
+from harness.api import Options, Prior, Regularizer
 
 
 class ShiftedOptions(Options):
@@ -35,6 +35,24 @@ class ShiftedGaussian(Prior):
 @hookimpl
 def harness_priors():
     return {"shifted_gaussian": ShiftedGaussian}
+
+
+class DriftOptions(Options):
+    epsilon: float = Field(0.001, gt=0, le=1, description="weight of the drift penalty")
+
+
+class Drift(Regularizer):
+    """ProGAN's drift penalty epsilon * E[D(x_real)^2] (Karras et al. 2018)."""
+
+    Options = DriftOptions
+
+    def d_terms(self, real, fake, step):
+        return {"d_drift": self.options.epsilon * real.score.pow(2).mean()}
+
+
+@hookimpl
+def harness_regularizers():
+    return {"drift": Drift}
 
 
 @hookimpl
@@ -115,3 +133,18 @@ def test_a_run_uses_the_third_party_component(site, tmp_path):
         "provider": "harness_example_plugin (harness-example-plugin 0.3.0)",
     }
     assert "rkl" in (run_dir / "example-plugin-saw.json").read_text()
+
+
+def test_a_third_party_regularizer_adds_its_term_to_d(site, tmp_path):
+    result = harness(
+        site, "run", "--reg", "drift", "--reg-opt", "epsilon=0.01", "--cond", "none",
+        "--steps", "10", "--log-every", "5", "--eval-samples", "500", "--dataset-opt",
+        "size=500", "--no-progress", "--out", str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = tmp_path.iterdir()
+    resolved = json.loads((run_dir / "config.json").read_text())["resolved"]["reg"]
+    assert resolved["provider"] == "harness_example_plugin (harness-example-plugin 0.3.0)"
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    drift = [r["d_drift"] for r in records if "d_loss" in r]
+    assert len(drift) == 2 and all(value > 0 for value in drift)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from harness.build import build_run
 from harness.config import make_config
-from harness.trainer import Trainer, build_run
+from harness.trainer import Trainer
 from harness_plugins.losses.adversarial import Hinge, NonSaturating
 
 

@@ -173,7 +173,9 @@ class OnlineKMeans(FeatureClusters):
     def assign(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.nearest(features)
 
-    def labels_for_real(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def labels_for_real(
+        self, index: torch.Tensor, features: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
         centred = features - self.offset
         closest, labels = squared_distances(centred, self.centers - self.offset).min(1)
         means, batch_counts = cluster_means(features, labels, self.options.k)

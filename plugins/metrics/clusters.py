@@ -14,7 +14,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from harness.api import DataSpec, Metric, Options, Sampler
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 
 def partition_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

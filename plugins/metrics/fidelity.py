@@ -39,7 +39,7 @@ from harness_plugins.metrics.digit_classifier import (
 )
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 DIGITS_EXTRACTOR = "digits-cnn"
 INCEPTION_EXTRACTOR = "inception-v3-compat"

@@ -21,7 +21,7 @@ from harness.api import DataSpec, Metric, Options, Sampler
 from harness.errors import MetricError
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 
 def mode_statistics(

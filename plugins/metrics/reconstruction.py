@@ -31,7 +31,7 @@ from harness.api import DataSpec, Metric, Options, Sampler, from_uint8
 from harness.errors import MetricError, MetricUnavailable
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 """torchvision's ImageNet weights (IMAGENET1K_V1) that ``lpips.LPIPS`` loads, by net."""

@@ -28,7 +28,7 @@ from harness_plugins.metrics.digit_classifier import (
 )
 
 if TYPE_CHECKING:
-    from harness.trainer import Run
+    from harness.run import Run
 
 
 def code_statistics(digits: torch.Tensor) -> dict[str, float]:

@@ -1,0 +1,273 @@
+"""Build a run from its config: resolve plugins, validate options, build the components and
+check, before anything is written, everything that can fail."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from harness.api import Backbone, BuildContext, DataLocation, Dataset, DataSpec, Metric, Options
+from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
+from harness.errors import ConfigError, MetricUnavailable, describe, one_line
+from harness.manager import PluginManager
+from harness.run import Run
+from harness.step import optimizer_factory
+
+
+def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> Options:
+    """The component's ``Options`` from ``values``; errors name the component and valid keys."""
+    try:
+        return cls.Options.model_validate(values)
+    except ValidationError as exc:
+        fields = list(cls.Options.model_fields)
+        message = describe_validation_error(exc, f"{kind} {name!r} option", fields)
+        raise ConfigError(message) from None
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (valid: cpu, auto)")
+    return torch.device(choice)
+
+
+def build_run(config: RunConfig, pm: PluginManager) -> Run:
+    """Resolve and validate every plugin and option, then build the components.
+
+    Raises ``HarnessError`` on any bad input, before anything is written to disk.
+    """
+    classes, options, resolved = {}, {}, {}
+    for fld, family in COMPONENT_FIELDS.items():
+        name = getattr(config, fld)
+        entry = pm.get(family, name)
+        classes[fld] = entry.load()
+        options[fld] = validate_options(fld, name, classes[fld], getattr(config, f"{fld}_options"))
+        resolved[fld] = {"name": name, "provider": entry.provider,
+                         "options": options[fld].model_dump(mode="json")}
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    with allocation_guard():
+        run = build_components(config, pm, classes, options, resolved, device)
+        check_networks(run)
+    check_eval_memory(config, run.dataset)
+    return run
+
+
+def build_components(
+    config: RunConfig, pm: PluginManager, classes: dict[str, type],
+    options: dict[str, Options], resolved: dict[str, Any], device: torch.device,
+) -> Run:
+    """Data, metrics, conditioner, prior and networks, in the order that keeps the seeded
+    initialisation of every run identical."""
+    location = DataLocation(config.data_root, config.download)
+    dataset = classes["dataset"](options["dataset"], config.seed, location)
+    if dataset.x.is_floating_point() and not bool(dataset.x.isfinite().all()):
+        raise ConfigError(f"dataset {config.dataset!r} holds non-finite values with options "
+                          f"{options['dataset'].model_dump(mode='json')} (valid: smaller scales)")
+    metrics = build_metrics(config, pm, dataset, resolved)
+    context = BuildContext(dataset, config.prior, options["prior"], config.seed, device,
+                           optimizer_factory(config))
+    conditioner = classes["cond"](options["cond"], context)
+    backbone = classes["backbone"](options["backbone"])
+    z_dim = config.z_dim or backbone.default_z_dim
+    prior = classes["prior"](options["prior"], z_dim, conditioner.num_classes)
+    net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
+    check_network_memory(config.backbone, backbone, dataset.spec, net_classes, z_dim)
+    generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
+    resolved["z_dim"] = z_dim
+    return Run(
+        config=config, pm=pm, dataset=dataset, prior=prior.to(device), conditioner=conditioner,
+        backbone=backbone, loss=classes["loss"](options["loss"]),
+        regularizer=classes["reg"](options["reg"], dataset.spec),
+        augmentation=classes["augment"](options["augment"], dataset.spec), metrics=metrics,
+        generator=generator.to(device), discriminator=discriminator.to(device), device=device,
+        resolved=resolved,
+    )
+
+
+def check_network_memory(
+    name: str, backbone: Backbone, spec: DataSpec, num_classes: int, z_dim: int
+) -> None:
+    """Refuse networks too large for this machine before allocating them: G and D are built
+    once on the meta device (no memory, RNG untouched) and their tensors counted; training
+    holds each parameter about four times in float32 (weights, gradients, Adam's two moments).
+
+    Linux overcommits, so a too large allocation would not fail but get the process killed.
+    A backbone that cannot build on the meta device is not estimated. Raises ``ConfigError``.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            nets = backbone.build(spec, num_classes, z_dim)
+    except ConfigError:
+        raise
+    except Exception:
+        return
+    tensors = [t for net in nets for t in (*net.parameters(), *net.buffers())]
+    need = 4 * sum(t.numel() * t.element_size() for t in tensors)
+    available = available_memory()
+    if need > available:
+        count = sum(t.numel() for t in tensors)
+        raise ConfigError(
+            f"backbone {name!r}: its networks have {count:,} parameters, about "
+            f"{need / 2**30:.1f} GiB to train, {available / 2**30:.1f} GiB is available "
+            "(valid: smaller widths, layers, --z-dim or fewer classes)"
+        )
+
+
+@contextlib.contextmanager
+def allocation_guard() -> Iterator[None]:
+    """An allocation too large for this machine while building a run (a huge dataset size or
+    layer width) becomes a one-line ``ConfigError`` instead of a traceback."""
+    try:
+        yield
+    except MemoryError:
+        raise ConfigError("not enough memory to build this run; reduce the sizes in its "
+                          "options (dataset size, widths, --z-dim)") from None
+    except RuntimeError as exc:
+        if "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        reason = one_line(exc)[:200]
+        raise ConfigError(f"not enough memory to build this run ({reason}); reduce the sizes "
+                          "in its options (dataset size, widths, --z-dim)") from None
+
+
+def check_networks(run: Run) -> None:
+    """One forward pass of copies of G and D in training mode, on a batch of the run's size
+    (at most 2), before anything is written: a backbone that does not fit the data, or
+    BatchNorm with ``--batch-size 1``, fails here in one line instead of inside step 1.
+
+    The run's own networks, buffers and RNG streams are untouched. Raises ``ConfigError``.
+    """
+    cfg = run.config
+    what = (f"backbone {cfg.backbone!r} does not work on dataset {cfg.dataset!r} "
+            f"(examples of shape {tuple(run.dataset.spec.shape)})")
+    # a batch of 2 first, so that --batch-size 1 is blamed only when 2 works
+    for n in sorted({2, min(cfg.batch_size, 2)}, reverse=True):
+        try:
+            forward_check(run, n)
+        except Exception as exc:
+            reason = describe(exc)[:300]
+            if n < 2:
+                raise ConfigError(
+                    f"--batch-size {n}: {what} with batches of {n}: {reason} "
+                    "(valid: --batch-size 2 or more)"
+                ) from None
+            raise ConfigError(f"{what}: {reason}") from None
+
+
+def forward_check(run: Run, n: int) -> None:
+    """G and D in training mode, without gradients, on ``n`` examples; shapes checked.
+
+    Buffers that a training-mode forward updates (BatchNorm statistics, spectral norm's
+    power-iteration vectors) and the modes are restored after, so training starts exactly as
+    without the check, with no copy of the networks in memory.
+    """
+    spec, device = run.dataset.spec, run.device
+    net_classes = run.conditioner.num_classes if run.conditioner.conditions_networks else 1
+    nets = (run.generator, run.discriminator)
+    modes = [net.training for net in nets]
+    saved = [[b.clone() for b in net.buffers()] for net in nets]
+    try:
+        with run.seeded(run.config.seed), torch.no_grad():
+            run.generator.train()
+            run.discriminator.train()
+            labels = (torch.arange(n) % run.conditioner.num_classes).to(device)
+            fake = run.generator(run.prior.sample(n, labels), run.net_labels(labels))
+            if tuple(fake.shape) != (n, *spec.shape):
+                raise ValueError(f"G made samples of shape {tuple(fake.shape[1:])}")
+            real = run.dataset.batch(torch.arange(n) % len(run.dataset)).to(device)
+            for x in (real, fake):
+                logits, features = run.discriminator(x)
+                if tuple(logits.shape) != (n, net_classes) or features.shape[0] != n:
+                    raise ValueError(
+                        f"D returned logits of shape {tuple(logits.shape)} and features of "
+                        f"shape {tuple(features.shape)} (expected ({n}, {net_classes}) and "
+                        f"({n}, ...))"
+                    )
+    finally:
+        with torch.no_grad():
+            for net, mode, buffers in zip(nets, modes, saved, strict=True):
+                net.train(mode)
+                for buffer, value in zip(net.buffers(), buffers, strict=True):
+                    buffer.copy_(value)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (``MemAvailable``, else all RAM)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_eval_memory(config: RunConfig, dataset: Dataset) -> None:
+    """Refuse ``--eval-samples`` whose generated samples cannot fit in memory: they are held
+    at once as float32 on the CPU, and concatenation briefly doubles that."""
+    per_sample = 4 * math.prod(dataset.spec.shape) + 8  # float32 sample and its int64 label
+    need, available = 2 * config.eval_samples * per_sample, available_memory()
+    if need > available:
+        most = available // (2 * per_sample)
+        raise ConfigError(
+            f"--eval-samples {config.eval_samples}: the samples need about {need / 2**30:.1f} "
+            f"GiB of memory, {available / 2**30:.1f} GiB is available (valid here: at most "
+            f"{most} for examples of shape {tuple(dataset.spec.shape)})"
+        )
+
+
+def build_metrics(
+    config: RunConfig, pm: PluginManager, dataset: Dataset, resolved: dict[str, Any]
+) -> dict[str, Metric]:
+    """The run's metrics. With no explicit list: every default metric that supports the
+    dataset, skipping (with a warning) those that cannot run here, e.g. for lack of weights."""
+    registry = pm.registry("metrics")
+    classes = {name: entry.load() for name, entry in registry.items()}
+    supported = [n for n, cls in classes.items() if cls.supports(dataset.spec)]
+    if config.metrics is None:
+        names = [n for n in supported if classes[n].default]
+    else:
+        names = config.metrics
+    unknown_options = set(config.metric_options) - set(names)
+    if unknown_options:
+        raise ConfigError(
+            f"--metric-opt for metric(s) not in this run: {', '.join(sorted(unknown_options))} "
+            f"(metrics in this run: {', '.join(names)})"
+        )
+    metrics = {}
+    for name in names:
+        cls = pm.get("metrics", name).load()  # an unknown name: error with the choices
+        if name not in supported:
+            raise ConfigError(
+                f"metric {name!r} does not apply to dataset {config.dataset!r} "
+                f"(valid: {', '.join(supported)})"
+            )
+        opts = validate_options("metric", name, cls, config.metric_options.get(name, {}))
+        try:
+            metric = cls(opts)
+            metric.check(dataset)
+        except MetricUnavailable as exc:
+            if config.metrics is not None:
+                raise
+            print(f"warning: skipping metric {name!r}: {one_line(exc)}", file=sys.stderr)
+            continue
+        metrics[name] = metric
+        resolved.setdefault("metrics", {})[name] = opts.model_dump(mode="json")
+    if not metrics:
+        asked = "--metrics names none" if config.metrics is not None else "no metric applies"
+        raise ConfigError(
+            f"this run would have no metrics: {asked} (metrics for dataset "
+            f"{config.dataset!r}: {', '.join(supported) or 'none'})"
+        )
+    return metrics
+

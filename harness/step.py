@@ -1,0 +1,152 @@
+"""One training iteration as a sum of terms: D's update(s), G's, then the components' own.
+
+The adversarial ``Loss`` gives the base term of D's and G's losses; the conditioner, the
+regulariser (``--reg``) and the augmentation (``--augment``) add theirs through the
+``StepTerms`` hooks of ``harness.api``, and may train networks of their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from harness.api import Generator, OptimizerFactory, Scored
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from harness.run import Run
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+}
+
+
+def optimizer_factory(config: RunConfig) -> OptimizerFactory:
+    """``make(parameters, lr, betas=None)``: an optimiser of ``config.optimizer``'s kind with
+    its ``weight_decay``; ``betas=None`` takes D's betas."""
+    kind = OPTIMIZERS[config.optimizer]
+    decay = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
+
+    def make(
+        parameters: list[nn.Parameter], lr: float, betas: tuple[float, float] | None = None
+    ) -> torch.optim.Optimizer:
+        return kind(parameters, lr=lr, betas=betas or config.network_betas("d"), **decay)
+
+    return make
+
+
+def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The terms' sum, added in order (a single term is returned as it is)."""
+    values = iter(terms.values())
+    result = next(values)
+    for value in values:
+        result = result + value
+    return result
+
+
+def logged(loss_name: str, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the log shows of one update: ``loss_name`` is the total (the base term alone when
+    there is no other), followed by every added term; all detached."""
+    total_loss = total(terms)
+    return {loss_name: total_loss.detach(),
+            **{name: value.detach() for name, value in list(terms.items())[1:]}}
+
+
+class TrainingStep:
+    """D's update (``d_steps`` times), G's update, then each component's ``train_own``.
+
+    Holds G's and D's optimisers and the data and label RNG streams; implements the
+    ``harness.api.Step`` protocol the components see.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        cfg = run.config
+        make = optimizer_factory(cfg)
+        self.opt_g = make(
+            [*run.generator.parameters(), *run.prior.parameters()], cfg.lr_g,
+            cfg.network_betas("g"),
+        )
+        self.opt_d = make(list(run.discriminator.parameters()), cfg.lr_d, cfg.network_betas("d"))
+        self.data_rng = torch.Generator().manual_seed(cfg.seed + 4)
+        self.label_rng = torch.Generator().manual_seed(cfg.seed + 5)
+        self.parts = run.step_terms
+        self.real_grad = any(part.needs_real_grad for part in self.parts)
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        """One iteration; returns every loss and term, detached, for the log."""
+        for _ in range(self.run.config.d_steps):
+            d_losses = self.update_d()
+        losses = {**d_losses, **self.update_g()}
+        for part in self.parts:
+            losses.update(part.train_own(self))
+        return losses
+
+    def update_d(self) -> dict[str, torch.Tensor]:
+        run = self.run
+        index, x = self.real_batch()
+        x.requires_grad_(self.real_grad)
+        logits, features = run.discriminator(run.augmentation(x))
+        condition = run.conditioner.labels_for_real(index, features.detach(), x.detach())
+        real = Scored(x, run.net_labels(condition), logits, features, run.discriminator, index)
+        with torch.no_grad():
+            fake_x, fake_labels = self.fake_batch(run.config.batch_size)
+        fake = self.discriminate(fake_x, run.net_labels(fake_labels))
+        terms = {"d_loss": run.loss.discriminator(real.score, fake.score)}
+        for part in self.parts:
+            terms.update(part.d_terms(real, fake, self))
+        return self.descend(self.opt_d, "d_loss", terms)
+
+    def update_g(self) -> dict[str, torch.Tensor]:
+        run = self.run
+        x, labels = self.fake_batch(run.config.batch_size)
+        fake = self.discriminate(x, run.net_labels(labels))
+        terms = {"g_loss": run.loss.generator(fake.score)}
+        for part in self.parts:
+            terms.update(part.g_terms(fake, self))
+        return self.descend(self.opt_g, "g_loss", terms)
+
+    @staticmethod
+    def descend(
+        optimizer: torch.optim.Optimizer, name: str, terms: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step on the sum of ``terms``; returns them for the log."""
+        optimizer.zero_grad(set_to_none=True)
+        total(terms).backward()
+        optimizer.step()
+        return logged(name, terms)
+
+    # ------------------------------------------------------------------ the Step protocol
+    def real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_size`` training examples drawn uniformly with replacement: (index, x)."""
+        run = self.run
+        index = torch.randint(len(run.dataset), (run.config.batch_size,), generator=self.data_rng)
+        return index, run.dataset.batch(index).to(run.device, non_blocking=True)
+
+    def fake_batch(
+        self, n: int, generator: Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples of ``generator`` (default: the trained G), y ~ P(c), z ~ p(z|y)."""
+        run = self.run
+        labels = run.conditioner.sample_labels(n, self.label_rng).to(run.device)
+        z = run.prior.sample(n, labels)
+        return (generator or run.generator)(z, run.net_labels(labels)), labels
+
+    def discriminate(
+        self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+    ) -> Scored:
+        logits, features = self.run.discriminator(self.run.augmentation(x))
+        return Scored(x, labels, logits, features, self.run.discriminator, index)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "data": self.data_rng.get_state(), "labels": self.label_rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.data_rng.set_state(state["data"].cpu())
+        self.label_rng.set_state(state["labels"].cpu())
