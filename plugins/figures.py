@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -116,7 +117,8 @@ def curves_png(records: list[dict[str, Any]]) -> bytes | None:
     for ax, panel in zip(fig.axes, panels, strict=True):
         if panel == "losses":
             for key in sorted({k for r in losses for k in r} - {"step", "time"}):
-                ax.plot([r["step"] for r in losses], [r.get(key) for r in losses], label=key)
+                values = [r.get(key, math.nan) for r in losses]  # a lazy term skips steps
+                ax.plot([r["step"] for r in losses], values, label=key)
             ax.set_title("losses")
         elif panel == "labels":
             ax.plot([r["step"] for r in relabels], [r["changed_fraction"] for r in relabels], "o-")
