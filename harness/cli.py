@@ -153,6 +153,13 @@ def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any
         values[field] = value
     if args.metrics is not None:
         values["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        unused = [m for m in values.get("metric_options", {}) if m not in values["metrics"]]
+        if unused and isinstance(values["metric_options"], dict):
+            # options the file gives metrics that --metrics leaves out belong to those metrics
+            values["metric_options"] = {
+                m: o for m, o in values["metric_options"].items() if m not in unused}
+            print(f"note: --metrics leaves out {', '.join(unused)} of {args.config}; "
+                  "its metric_options for them are not used", file=sys.stderr)
     for name in OPTION_FLAGS:
         pairs = getattr(args, f"{name}_opt")
         if pairs:

@@ -81,6 +81,16 @@ def test_config_file_and_rerun_from_config_json(cli, tmp_path):
     assert "cond_options are not used" in other.err
 
 
+def test_metrics_flag_drops_the_files_options_of_metrics_it_leaves_out(cli, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('cond = "none"\nsteps = 5\neval_samples = 500\n[dataset_options]\n'
+                    'size = 500\n[metric_options.cluster_agreement]\nsubset = 300\n')
+    result = cli("run", "--config", toml, "--metrics", "modes_2d", "--no-progress",
+                 "--out", tmp_path)
+    assert result.code == 0, result.err
+    assert "leaves out cluster_agreement" in result.err
+
+
 def test_interrupt_then_resume_continues_exactly(cli, pm, tmp_path):
     args = ["run", *CONDITIONERS["kmeans_d"], *FAST, "--steps", "40", "--checkpoint-every", "15",
             "--ema-decay", "0.9", "--eval-every", "20"]
