@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--compare", metavar="SUITE",
                        help="show a paper's published numbers beside ours (registry.toml suites,"
                        " e.g. liu2020-table1)")
+    add_analysis_parsers(commands)
     return parser
 
 
@@ -372,6 +373,120 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "plugins": command_plugins, "leaderboard": command_leaderboard}
+
+
+# ----------------------------------------------------------------------------- GM-GAN analyses
+def int_arg(low: int, high: int) -> Any:
+    """An argparse type: a whole number in [low, high], else a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number (valid: {low} to {high})") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range (valid: {low} to {high})")
+        return value
+
+    return parse
+
+
+def scales_arg(text: str) -> list[float]:
+    from harness.analysis import parse_scales
+
+    try:
+        return parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_analysis_parsers(commands: Any) -> None:
+    """``harness cluster`` and ``harness tradeoff``: GM-GAN's analyses of a trained run."""
+    cluster = commands.add_parser(
+        "cluster", help="GM-GAN Algorithm 2: cluster real data with a trained mixture-prior run",
+        description="GM-GAN's Algorithm 2 on a trained run with a mixture prior (e.g. --prior "
+        "gmm): M samples per Gaussian from its generator, a classifier of them by Gaussian, "
+        "real data clustered by its argmax; ACC, NMI, purity against the true labels. Writes "
+        "cluster.json and cluster_assignments.csv into RUN_DIR.",
+    )
+    cluster.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="a run directory")
+    cluster.add_argument("--samples-per-component", type=int_arg(1, 100_000), default=1000,
+                         metavar="M", help="generated samples per Gaussian (default: 1000)")
+    cluster.add_argument("--subset", type=int_arg(1, 10**9), metavar="N",
+                         help="real examples clustered: a seeded random subset (default: all)")
+    tradeoff = commands.add_parser(
+        "tradeoff", help="GM-GAN's quality-diversity trade-off over the prior's sampling scale",
+        description="The run's metrics on samples drawn with the prior's spread scaled by each "
+        "sigma (any prior); writes tradeoff.csv and tradeoff.png (quality against diversity, "
+        "one point per sigma) into RUN_DIR and prints the table.",
+    )
+    tradeoff.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="a run directory")
+    tradeoff.add_argument("--scales", type=scales_arg, default="0.25,0.5,0.75,1,1.5",
+                          help="comma-separated sampling scales sigma > 0 "
+                          "(default: 0.25,0.5,0.75,1,1.5)")
+    tradeoff.add_argument("--eval-samples", type=int_arg(1, 10**9), metavar="N",
+                          help="generated samples per metric (default: the run's)")
+    for sub in (cluster, tradeoff):
+        sub.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                         help="where to run G (default: the run's device)")
+        sub.add_argument("--data-root", type=path_arg, help="folder of file-backed datasets "
+                         "(default: the run's)")
+        sub.add_argument("--threads", type=int_arg(1, 1024), help="torch CPU threads")
+
+
+def restore_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that change where a restored run computes, not its results."""
+    names = ("device", "data_root", "threads")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def command_cluster(args: argparse.Namespace) -> int:
+    from harness import analysis, restore
+
+    what, directory = "harness cluster", args.run_dir
+    analysis.check_mixture_config(restore.read_saved_config(directory, what), directory, what)
+    with restore.locked_run(directory, what, restore_overrides(args)) as run:
+        summary, index, predicted, true = analysis.cluster_run(
+            run, args.samples_per_component, args.subset, what
+        )
+        summary["run_status"] = restore.read_status(directory).get("status")
+        paths = analysis.write_cluster(directory, summary, index, predicted, true)
+    if "note" in summary:
+        print(f"note: {summary['note']}", file=sys.stderr)
+    print(analysis.format_cluster(summary))
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def command_tradeoff(args: argparse.Namespace) -> int:
+    from harness import analysis, restore
+
+    what, directory = "harness tradeoff", args.run_dir
+    with restore.locked_run(directory, what, restore_overrides(args)) as run:
+        if args.eval_samples is not None:
+            run.config = run.config.model_copy(update={"eval_samples": args.eval_samples})
+            restore.check_eval_memory(run.config, run.dataset)
+        rows, unaffected = analysis.tradeoff(
+            run, args.scales, warn=lambda text: print(f"warning: {one_line(text)}",
+                                                      file=sys.stderr))
+        if not any(len(row) > 1 for row in rows):
+            names = ", ".join(run.metrics)
+            raise HarnessError(f"{what} {directory}: no metric of this run ({names}) has a value "
+                               "that depends on the generated samples (valid: a run with e.g. "
+                               "modes_2d, fid_digits or fid_inception)")
+        eval_samples = run.config.eval_samples
+        title = (f"{directory.name}: quality vs diversity over the sampling scale σ "
+                 f"({eval_samples} samples)")
+        paths = analysis.write_tradeoff(directory, rows, eval_samples, title)
+    print(analysis.format_table(rows))
+    if unaffected:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in unaffected.items())
+        print(f"not affected by the scale: {values}")
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+COMMANDS.update(cluster=command_cluster, tradeoff=command_tradeoff)
 
 
 def main(argv: list[str] | None = None) -> int:

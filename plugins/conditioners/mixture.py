@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import torch
 from pydantic import Field
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPClassifier
 
+from harness.analysis import mixture_partition
 from harness.api import BuildContext, Conditioner, Models, Options
-from harness.errors import ConfigError, MetricError
+from harness.errors import ConfigError
 
 
 class MixtureOptions(Options):
@@ -51,25 +47,14 @@ class MixtureComponent(Conditioner):
 
     @torch.no_grad()
     def partition(self, models: Models, index: torch.Tensor) -> torch.Tensor:
-        """Algorithm 2; ``MetricError`` when G's samples are non-finite."""
-        m = self.options.samples_per_component
-        labels = torch.arange(self.components, device=models.device).repeat_interleave(m)
-        z = models.prior.sample(len(labels), labels)
-        fake = torch.cat(
-            [
-                models.generator(zc, torch.zeros_like(yc))
-                for zc, yc in zip(
-                    z.split(models.batch_size), labels.split(models.batch_size), strict=True
-                )
-            ]
+        """Algorithm 2 (``harness.analysis``); ``MetricError`` when G's samples are non-finite."""
+        predicted = mixture_partition(
+            models.prior,
+            lambda z, components: models.generator(z, torch.zeros_like(components)),
+            self.components,
+            self.options.samples_per_component,
+            models.dataset.batch(index.cpu()),
+            models.batch_size,
+            models.device,
         )
-        bad = int((~fake.flatten(1).isfinite().all(1)).sum())
-        if bad:
-            raise MetricError(f"the gmm partition (Algorithm 2): {bad} of {len(fake)} generated "
-                              "samples are non-finite, so its classifier cannot be trained")
-        classifier = MLPClassifier(hidden_layer_sizes=(128,), max_iter=300, random_state=0)
-        with warnings.catch_warnings():  # an unconverged classifier still gives a partition
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            classifier.fit(fake.flatten(1).cpu().numpy(), labels.cpu().numpy())
-        real = models.dataset.batch(index.cpu()).flatten(1).numpy()
-        return torch.as_tensor(classifier.predict(real).astype(np.int64))
+        return torch.as_tensor(predicted)
