@@ -82,6 +82,12 @@ def build_components(
     backbone = classes["backbone"](options["backbone"])
     z_dim = config.z_dim or backbone.default_z_dim
     prior = classes["prior"](options["prior"], z_dim, conditioner.num_classes)
+    components = getattr(prior, "num_components", None)
+    if components not in (None, conditioner.num_classes) and conditioner.num_classes > 1:
+        print(f"note: prior {config.prior!r} has {components} components and cond "
+              f"{config.cond!r} gives {conditioner.num_classes} classes: each latent's component "
+              "is drawn uniformly, independent of its label (one Gaussian per class: "
+              f"--prior-opt num_components={conditioner.num_classes})", file=sys.stderr)
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
     check_network_memory(config.backbone, backbone, dataset.spec, net_classes, z_dim)
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
