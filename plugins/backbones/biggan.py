@@ -144,6 +144,11 @@ class BigGANDiscriminator(Discriminator):
         h = F.relu(self.blocks(x)).sum((2, 3))
         return self.psi(h) + h @ self.embed.weight.T, h
 
+    def unary(self, features: torch.Tensor) -> torch.Tensor:
+        """The projection's unconditional term psi(D_f), (n,): every logit is this plus
+        ``<embed_k, D_f>`` (BigBiGAN's unary score, used by slcGAN)."""
+        return self.psi(features).squeeze(1)
+
 
 class BigGAN(Backbone):
     """BigGAN-type G (shared embedding, hierarchical z, conditional BN) / projection D."""

@@ -12,4 +12,5 @@ def harness_conditioners() -> dict[str, str]:
         "kmeans_d": "harness_plugins.conditioners.kmeans:SelfConditioned",
         "online_kmeans": "harness_plugins.conditioners.kmeans:OnlineKMeans",
         "gmm": "harness_plugins.conditioners.mixture:MixtureComponent",
+        "clustering_net": "harness_plugins.conditioners.clustering_net:ClusteringNet",
     }
