@@ -15,12 +15,15 @@ from harness.manager import SINGULAR, PluginManager
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_INS = {
     "priors": {"gaussian", "uniform", "gmm"},
-    "conditioners": {"none", "random", "ground_truth", "kmeans_d", "online_kmeans", "gmm"},
+    "conditioners": {"none", "random", "ground_truth", "kmeans_d", "online_kmeans", "gmm",
+                     "clustering_net"},
     "backbones": {"mlp", "dcgan", "resnet", "biggan"},
     "datasets": {"ring", "grid", "digits", "stacked_digits", "mnist", "stacked_mnist", "cifar10",
                  "image_folder"},
     "metrics": {"modes_2d", "cluster_agreement"},
     "losses": {"bce", "hinge"},
+    "regularizers": {"none", "r1"},
+    "augmentations": {"none", "diffaug"},
 }
 
 
@@ -37,7 +40,8 @@ def hookspecs_base(family):
     from harness import api
 
     return {"priors": api.Prior, "conditioners": api.Conditioner, "backbones": api.Backbone,
-            "datasets": api.Dataset, "metrics": api.Metric, "losses": api.Loss}[family]
+            "datasets": api.Dataset, "metrics": api.Metric, "losses": api.Loss,
+            "regularizers": api.Regularizer, "augmentations": api.Augmentation}[family]
 
 
 def test_registry_toml_lists_exactly_the_entry_points():
