@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from harness.api import Backbone, BuildContext, DataLocation, Dataset, DataSpec, Metric, Options
 from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
-from harness.errors import ConfigError, MetricUnavailable, describe, one_line
+from harness.errors import ConfigError, HarnessError, MetricUnavailable, describe, one_line
 from harness.manager import PluginManager
 from harness.run import Run
 from harness.step import optimizer_factory
@@ -30,6 +30,20 @@ def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) ->
         fields = list(cls.Options.model_fields)
         message = describe_validation_error(exc, f"{kind} {name!r} option", fields)
         raise ConfigError(message) from None
+
+
+def owners_hint(pm: PluginManager, fld: str, family: str, values: set[str]) -> str:
+    """For options the chosen plugin does not have: the plugins of the family that have them
+    all (``--reg-opt gamma=10`` without ``--reg r1``), as a hint to append; else ""."""
+    owners = []
+    for name, entry in pm.registry(family).items():
+        try:
+            if set(values) <= set(entry.load().Options.model_fields):
+                owners.append(name)
+        except HarnessError:  # a broken plugin is reported elsewhere
+            continue
+    return f"; {', '.join(sorted(values))}: an option of --{fld} {' / '.join(owners)}" if (
+        owners and values) else ""
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -50,7 +64,12 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
         name = getattr(config, fld)
         entry = pm.get(family, name)
         classes[fld] = entry.load()
-        options[fld] = validate_options(fld, name, classes[fld], getattr(config, f"{fld}_options"))
+        values = getattr(config, f"{fld}_options")
+        try:
+            options[fld] = validate_options(fld, name, classes[fld], values)
+        except ConfigError as exc:
+            unknown = set(values) - set(classes[fld].Options.model_fields)
+            raise ConfigError(f"{exc}{owners_hint(pm, fld, family, unknown)}") from None
         resolved[fld] = {"name": name, "provider": entry.provider,
                          "options": options[fld].model_dump(mode="json")}
     device = resolve_device(config.device)

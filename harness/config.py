@@ -55,19 +55,32 @@ INCEPTION_WEIGHTS_ENV = "HARNESS_INCEPTION_WEIGHTS"
 
 
 def no_bool_numbers(model: type[BaseModel], data: Any) -> Any:
-    """Refuse ``true``/``false`` for a number field (pydantic would read them as 1 and 0)."""
+    """Refuse ``true``/``false`` for a number field or a number inside a list or tuple field
+    (pydantic would read them as 1 and 0)."""
     if isinstance(data, dict):
         for name, value in data.items():
             field = model.model_fields.get(name)
-            if isinstance(value, bool) and field is not None and not _accepts_bool(field):
+            if field is None or _accepts_bool(field.annotation):
+                continue
+            items = value if isinstance(value, list | tuple) else [value]
+            if any(isinstance(item, bool) for item in items):
                 raise ValueError(f"{name}={value!r}: a boolean is not a number")
     return data
 
 
-def _accepts_bool(field: Any) -> bool:
-    annotation = field.annotation
-    return annotation is bool or bool in getattr(annotation, "__args__", ()) or not (
-        {int, float} & {annotation, *getattr(annotation, "__args__", ())})
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a boolean is a valid value of ``annotation`` or of its items: True for
+    ``bool``, ``bool | None``, ``list[bool]``, and for annotations without numbers."""
+    types = _types_in(annotation)
+    return bool in types or not ({int, float} & types)
+
+
+def _types_in(annotation: Any) -> set[Any]:
+    """``annotation`` and every type nested in its arguments (unions, lists, tuples)."""
+    found = {annotation}
+    for arg in getattr(annotation, "__args__", ()):
+        found |= _types_in(arg)
+    return found
 
 
 class RunConfig(BaseModel):
@@ -99,8 +112,8 @@ class RunConfig(BaseModel):
     batch_size: int = Field(default=100, ge=1, le=65_536)
     d_steps: int = Field(default=1, ge=1, le=100, description="D updates per G update")
     z_dim: int | None = Field(default=None, ge=1, le=16_384, description="default: the backbone's")
-    lr_g: float = Field(default=1e-4, gt=0)
-    lr_d: float = Field(default=1e-4, gt=0)
+    lr_g: float = Field(default=1e-4, gt=0, le=10)
+    lr_d: float = Field(default=1e-4, gt=0, le=10)
     betas: tuple[float, float] = (0.8, 0.999)
     betas_g: tuple[float, float] | None = Field(default=None, description="G's; default: betas")
     betas_d: tuple[float, float] | None = Field(default=None, description="D's; default: betas")

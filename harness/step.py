@@ -7,12 +7,14 @@ regulariser (``--reg``) and the augmentation (``--augment``) add theirs through 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from harness.api import Generator, OptimizerFactory, Scored
+from harness.errors import RunFailed, describe
 
 if TYPE_CHECKING:
     from harness.config import RunConfig
@@ -54,6 +56,24 @@ def logged(loss_name: str, terms: dict[str, torch.Tensor]) -> dict[str, torch.Te
             **{name: value.detach() for name, value in list(terms.items())[1:]}}
 
 
+def add_terms(
+    terms: dict[str, torch.Tensor], who: str, hook: str,
+    method: Callable[..., dict[str, torch.Tensor]], *args: Any,
+) -> None:
+    """Add the terms ``method(*args)`` returns to ``terms``. ``RunFailed`` names the component
+    when it raises or returns a key already taken (it would replace a loss or term)."""
+    try:
+        added = method(*args)
+    except Exception as exc:
+        raise RunFailed(f"{who} failed in {hook}: {describe(exc)}") from exc
+    taken = terms.keys() & added.keys()
+    if taken:
+        raise RunFailed(f"{who}: {hook} returned {', '.join(sorted(taken))}, already in the "
+                        f"step's terms ({', '.join(terms)}); valid: keys of its own, e.g. "
+                        "prefixed with d_ / g_ and its name")
+    terms.update(added)
+
+
 class TrainingStep:
     """D's update (``d_steps`` times), G's update, then each component's ``train_own``.
 
@@ -72,16 +92,17 @@ class TrainingStep:
         self.opt_d = make(list(run.discriminator.parameters()), cfg.lr_d, cfg.network_betas("d"))
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 4)
         self.label_rng = torch.Generator().manual_seed(cfg.seed + 5)
-        self.parts = run.step_terms
-        self.real_grad = any(part.needs_real_grad for part in self.parts)
+        self.parts = [(f"{fld} {getattr(cfg, fld)!r}", part)
+                      for fld, part in zip(("cond", "reg", "augment"), run.step_terms, strict=True)]
+        self.real_grad = any(part.needs_real_grad for _, part in self.parts)
 
     def __call__(self) -> dict[str, torch.Tensor]:
         """One iteration; returns every loss and term, detached, for the log."""
         for _ in range(self.run.config.d_steps):
             d_losses = self.update_d()
         losses = {**d_losses, **self.update_g()}
-        for part in self.parts:
-            losses.update(part.train_own(self))
+        for who, part in self.parts:
+            add_terms(losses, who, "train_own", part.train_own, self)
         return losses
 
     def update_d(self) -> dict[str, torch.Tensor]:
@@ -95,8 +116,8 @@ class TrainingStep:
             fake_x, fake_labels = self.fake_batch(run.config.batch_size)
         fake = self.discriminate(fake_x, run.net_labels(fake_labels))
         terms = {"d_loss": run.loss.discriminator(real.score, fake.score)}
-        for part in self.parts:
-            terms.update(part.d_terms(real, fake, self))
+        for who, part in self.parts:
+            add_terms(terms, who, "d_terms", part.d_terms, real, fake, self)
         return self.descend(self.opt_d, "d_loss", terms)
 
     def update_g(self) -> dict[str, torch.Tensor]:
@@ -104,8 +125,8 @@ class TrainingStep:
         x, labels = self.fake_batch(run.config.batch_size)
         fake = self.discriminate(x, run.net_labels(labels))
         terms = {"g_loss": run.loss.generator(fake.score)}
-        for part in self.parts:
-            terms.update(part.g_terms(fake, self))
+        for who, part in self.parts:
+            add_terms(terms, who, "g_terms", part.g_terms, fake, self)
         return self.descend(self.opt_g, "g_loss", terms)
 
     @staticmethod

@@ -10,6 +10,7 @@ import torch
 from harness.api import DataSpec, Scored, class_score
 from harness.build import build_run
 from harness.config import RunConfig, make_config
+from harness.errors import RunFailed
 from harness.trainer import Trainer
 from harness_plugins.augmentations.diffaug import DiffAugment
 from harness_plugins.regularizers.penalties import R1
@@ -61,8 +62,9 @@ def test_r1_adds_gamma_half_the_squared_input_gradient():
     expected = 4.0 / 2 * (w[labels] ** 2).sum(1).mean()
     assert torch.allclose(term, expected)
     lazy = R1(R1.Options(gamma=4.0, every=3), DataSpec(shape=(2,)))
+    # iteration 5 (4 done): skipped; iteration 6 (5 done): applied, times 3
     assert lazy.d_terms(real, real, SimpleNamespace(run=SimpleNamespace(step=4))) == {}
-    (lazy_term,) = lazy.d_terms(real, real, SimpleNamespace(run=SimpleNamespace(step=6))).values()
+    (lazy_term,) = lazy.d_terms(real, real, SimpleNamespace(run=SimpleNamespace(step=5))).values()
     assert torch.allclose(lazy_term, 3 * expected)
 
 
@@ -162,3 +164,52 @@ def test_regularised_run_logs_its_terms_and_resumes(cli, tmp_path):
     assert all(r["d_r1"] >= 0 for r in records if "d_loss" in r)
     resolved = json.loads((run_dir / "config.json").read_text())["resolved"]
     assert resolved["reg"]["options"] == {"gamma": 1.0, "every": 1}
+
+
+class Clash:
+    """A regulariser that returns a key the step already has."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def d_terms(self, real, fake, step):
+        return {self.key: real.score.mean()}
+
+
+@pytest.mark.parametrize("key", ["d_loss", "d_r1"])
+def test_a_term_that_would_replace_another_is_refused(pm, key):
+    run = build(pm, reg="r1")
+    trainer = Trainer(run)
+    trainer.training_step.parts.append(("reg 'clash'", Clash(key)))
+    with pytest.raises(RunFailed, match=f"reg 'clash': d_terms returned {key}, already in"):
+        trainer.step()
+
+
+def test_a_failing_term_names_its_component(pm):
+    run = build(pm)
+    trainer = Trainer(run)
+
+    def broken(real, fake, step):
+        raise ValueError("shape mismatch")
+
+    run.regularizer.d_terms = broken
+    with pytest.raises(RunFailed, match="reg 'none' failed in d_terms: ValueError: shape mismatch"):
+        trainer.step()
+
+
+def test_booleans_inside_number_lists_are_refused(cli, tmp_path):
+    result = cli("run", *FAST, "--config", write_toml(tmp_path, "betas_g = [false, 0.5]\n"),
+                 "--out", tmp_path / "out")
+    assert result.code == 2 and "a boolean is not a number" in result.err
+    assert not (tmp_path / "out").exists()
+
+
+def write_toml(folder, text):
+    path = folder / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_options_of_an_unselected_plugin_name_the_plugin_that_has_them(cli, tmp_path):
+    result = cli("run", *FAST, "--reg-opt", "gamma=10", "--out", tmp_path)
+    assert result.code == 2 and "gamma: an option of --reg r1" in result.err

@@ -28,7 +28,9 @@ class DiffAugmentOptions(Options):
     translation: float = Field(
         0.125, ge=0, le=1, description="largest shift, as a fraction of the image side"
     )
-    cutout: float = Field(0.5, gt=0, le=1, description="side of the cut-out square / image side")
+    cutout: float = Field(
+        0.5, gt=0, lt=1, description="side of the cut-out square / image side (below 1)"
+    )
 
 
 class DiffAugment(Augmentation):

@@ -297,8 +297,8 @@ class ClusteringNet(Conditioner):
     for the MI term on G's samples (nothing of C changes there); eval mode for ``assign`` /
     ``partition``.
 
-    Raises ``ConfigError`` (one line) for data that is not images (C, H, W) or on which C's
-    network cannot run.
+    Raises ``ConfigError`` (one line) for data that is not images (C, H, W), on which C's
+    network cannot run, or with fewer examples than ``k``.
     """
 
     Options = ClusteringNetOptions
@@ -312,6 +312,10 @@ class ClusteringNet(Conditioner):
                 f"{tuple(spec.shape)} (valid: an image dataset such as digits, or for flat "
                 "data --cond kmeans_d)"
             )
+        n = len(context.dataset)
+        if options.k > n:
+            raise ConfigError(f"invalid cond {NAME!r} option k={options.k}: more pseudo-classes "
+                              f"than the dataset's {n} examples (valid: k <= {n})")
         self.device = context.device
         domain_is_digits = spec.domain == "digits"
         flip = not domain_is_digits if options.flip is None else options.flip

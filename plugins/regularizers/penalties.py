@@ -26,8 +26,9 @@ class R1(Regularizer):
 
     D(x) is each real example's score for its condition (``Scored.score``), differentiated
     with respect to the real batch as it came from the data (through the augmentation, when
-    there is one). With ``every`` = N > 1 the term is applied on iterations divisible by N
-    and multiplied by N (lazy regularisation, Karras et al. 2020, StyleGAN2 §3.1).
+    there is one). With ``every`` = N > 1 the term is applied on iterations (counted from 1)
+    divisible by N and multiplied by N (lazy regularisation, Karras et al. 2020, StyleGAN2
+    §3.1); ``log.jsonl`` shows it on the logged iterations where it is applied.
     """
 
     Options = R1Options
@@ -35,7 +36,7 @@ class R1(Regularizer):
 
     def d_terms(self, real: Scored, fake: Scored, step: Step) -> dict[str, torch.Tensor]:
         every = self.options.every
-        if step.run.step % every:
+        if (step.run.step + 1) % every:  # run.step iterations are done; this is the next
             return {}
         (grad,) = torch.autograd.grad(real.score.sum(), real.x, create_graph=True)
         penalty = grad.pow(2).flatten(1).sum(1).mean()
