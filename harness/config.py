@@ -112,8 +112,8 @@ class RunConfig(BaseModel):
     batch_size: int = Field(default=100, ge=1, le=65_536)
     d_steps: int = Field(default=1, ge=1, le=100, description="D updates per G update")
     z_dim: int | None = Field(default=None, ge=1, le=16_384, description="default: the backbone's")
-    lr_g: float = Field(default=1e-4, gt=0, le=10)
-    lr_d: float = Field(default=1e-4, gt=0, le=10)
+    lr_g: float = Field(default=1e-4, gt=0, le=1e30)  # larger overflows float32 in the step
+    lr_d: float = Field(default=1e-4, gt=0, le=1e30)
     betas: tuple[float, float] = (0.8, 0.999)
     betas_g: tuple[float, float] | None = Field(default=None, description="G's; default: betas")
     betas_d: tuple[float, float] | None = Field(default=None, description="D's; default: betas")
