@@ -7,6 +7,7 @@ warning; the table is always built from the rest.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import os
@@ -266,12 +267,13 @@ def mean_std(mean: float, std: float) -> str:
     return f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
 
 
+REGISTRY = importlib.resources.files("harness") / "registry.toml"
+"""The catalogue of built-in plugins and published tables, shipped inside the package."""
+
+
 def published_numbers(suite: str) -> dict[str, Any]:
     """A paper table of ``registry.toml``: ``{dataset: {cond: [[mean, se], ...]}}`` + columns."""
-    registry = Path(__file__).resolve().parents[1] / "registry.toml"
-    if not registry.exists():
-        raise HarnessError(f"--compare needs registry.toml beside the harness package: {registry}")
-    suites = tomllib.loads(registry.read_text()).get("suite", {})
+    suites = tomllib.loads(REGISTRY.read_text(encoding="utf-8")).get("suite", {})
     if suite not in suites:
         raise HarnessError(f"unknown suite {suite!r} (valid: {', '.join(suites) or 'none'})")
     return suites[suite]

@@ -45,7 +45,7 @@ def hookspecs_base(family):
 
 
 def test_registry_toml_lists_exactly_the_entry_points():
-    catalogue = tomllib.loads((ROOT / "registry.toml").read_text())["plugins"]
+    catalogue = tomllib.loads((ROOT / "harness" / "registry.toml").read_text())["plugins"]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert catalogue == project["entry-points"]["harness.plugins"]
 
