@@ -35,6 +35,9 @@ class Component:
     """Mixin giving a component its ``Options`` model and a validated ``options`` attribute."""
 
     Options: ClassVar[type[Options]] = Options
+    run_defaults: ClassVar[dict[str, Any]] = {}
+    """Run settings (``RunConfig`` fields) the component's method uses when the config file
+    and the flags leave them unset, e.g. slcGAN's ``{"d_steps": 2}``; a note says so."""
 
 
 # ----------------------------------------------------------------------------- datasets

@@ -21,7 +21,7 @@ from harness.config import (
     parse_assignments,
 )
 from harness.errors import HarnessError, RunFailed, one_line
-from harness.manager import get_plugin_manager
+from harness.manager import PluginManager, get_plugin_manager
 
 
 def path_arg(text: str) -> Path:
@@ -182,11 +182,34 @@ def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any
     return values
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    config = make_config(flag_values(args, load_config_file(args.config) if args.config else {}))
+def config_from_args(args: argparse.Namespace, pm: PluginManager) -> RunConfig:
+    values = flag_values(args, load_config_file(args.config) if args.config else {})
+    config = make_config(with_component_defaults(values, pm))
     if args.inception_weights:
         os.environ[INCEPTION_WEIGHTS_ENV] = str(args.inception_weights)
     return config
+
+
+def with_component_defaults(values: dict[str, Any], pm: PluginManager) -> dict[str, Any]:
+    """``values`` plus the ``run_defaults`` of the chosen components for the settings that
+    ``values`` leave unset (a note on stderr for each); unknown components are left to the
+    build's error."""
+    values = dict(values)
+    for fld, family in COMPONENT_FIELDS.items():
+        name = values.get(fld, RunConfig.model_fields[fld].default)
+        if not isinstance(name, str):  # make_config names the bad value
+            continue
+        try:
+            defaults = pm.get(family, name).load().run_defaults
+        except HarnessError:
+            continue
+        for key, value in defaults.items():
+            if key in RunConfig.model_fields and key not in values:
+                values[key] = value
+                flag = "--" + key.replace("_", "-")
+                print(f"note: --{fld} {name} sets {key}={value!r} ({flag} to change)",
+                      file=sys.stderr)
+    return values
 
 
 def resume_config(args: argparse.Namespace, directory: Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -262,7 +285,7 @@ def command_run(args: argparse.Namespace) -> int:
             run = build_run(config, pm)
             run.directory = directory
             return execute(run, {"changed": changed})
-    config = config_from_args(args)
+    config = config_from_args(args, pm)
     results.check_output_dir(config.out)
     run = build_run(config, pm)  # every input is validated before any write
     run.directory = results.create_run_dir(config.out, run_name(config))

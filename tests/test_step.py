@@ -213,3 +213,19 @@ def write_toml(folder, text):
 def test_options_of_an_unselected_plugin_name_the_plugin_that_has_them(cli, tmp_path):
     result = cli("run", *FAST, "--reg-opt", "gamma=10", "--out", tmp_path)
     assert result.code == 2 and "gamma: an option of --reg r1" in result.err
+
+
+def test_a_components_run_defaults_apply_unless_set(cli, tmp_path):
+    """slcGAN updates D twice per G step unless the flags or the config file say otherwise."""
+    args = ["run", "--dataset", "digits", "--backbone", "dcgan", "--backbone-opt", "width=4",
+            "--cond", "clustering_net", "--cond-opt", "k=4", "--cond-opt", "width=2",
+            "--steps", "1", "--batch-size", "4", "--eval-samples", "50", "--metrics",
+            "cluster_agreement", "--metric-opt", "cluster_agreement.subset=50", "--no-progress"]
+    default = cli(*args, "--out", tmp_path / "a")
+    assert default.code == 0, default.err
+    assert "note: --cond clustering_net sets d_steps=2 (--d-steps to change)" in default.err
+    given = cli(*args, "--d-steps", "1", "--out", tmp_path / "b")
+    assert given.code == 0 and "sets d_steps" not in given.err
+    steps = [json.loads((only_run(tmp_path / x) / "config.json").read_text())["config"]["d_steps"]
+             for x in "ab"]
+    assert steps == [2, 1]

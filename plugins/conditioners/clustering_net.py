@@ -302,6 +302,7 @@ class ClusteringNet(Conditioner):
     """
 
     Options = ClusteringNetOptions
+    run_defaults = {"d_steps": 2}  # Algorithm 1 / §4: D is updated twice per G step
 
     def __init__(self, options: ClusteringNetOptions, context: BuildContext) -> None:
         super().__init__(options, context)
