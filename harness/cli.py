@@ -7,6 +7,8 @@ import json
 import os
 import sys
 import traceback
+import types
+import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -335,10 +337,10 @@ def command_plugins(args: argparse.Namespace) -> int:
             item: dict[str, Any] = {"name": name, "provider": entry.provider}
             if args.verbose or args.json:
                 cls = entry.load()
-                item["help"] = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+                item["help"] = summary(cls.__doc__)
                 item["options"] = [
-                    {"name": key, "type": _type_name(f.annotation), "default": f.default,
-                     "help": f.description or ""}
+                    {"name": key, "type": _type_name(f.annotation),
+                     "default": cli_value(f.default), "help": f.description or ""}
                     for key, f in cls.Options.model_fields.items()
                 ]
             listing[family].append(item)
@@ -355,7 +357,10 @@ def command_plugins(args: argparse.Namespace) -> int:
                 for opt in item["options"]:
                     key = f"{item['name']}.{opt['name']}" if family == "metrics" else opt["name"]
                     print(f"      --{family_flag(family)}-opt {key}=<{opt['type']}> "
-                          f"(default {opt['default']!r})  {opt['help']}")
+                          f"(default {opt['default']})  {opt['help']}")
+    if args.verbose:
+        print("Option values are read as JSON when they parse (numbers, true/false, null, "
+              '["a", "b"] lists), else as text.')
     return 0
 
 
@@ -366,7 +371,28 @@ def family_flag(family: str) -> str:
     return next(fld for fld, fam in COMPONENT_FIELDS.items() if fam == family)
 
 
+def cli_value(value: Any) -> str:
+    """``value`` as ``--*-opt KEY=VALUE`` reads it: text bare, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def summary(doc: str | None) -> str:
+    """The first paragraph of a docstring, on one line."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def _type_name(annotation: Any) -> str:
+    """An option's type as the CLI reads it: ``int``, ``cnn|resnet18`` for a choice,
+    ``list[color|translation|cutout]``, ``float|null``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "|".join(map(str, args))
+    if origin in (types.UnionType, typing.Union):
+        return "|".join(_type_name(arg) for arg in args)
+    if origin in (list, tuple):
+        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in args)}]"
+    if annotation is type(None):
+        return "null"
     return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 

@@ -356,4 +356,9 @@ def test_plugins_command_lists_families_and_options(cli):
     assert "kmeans_d" in result.out and "gan-harness" in result.out
     verbose = cli("plugins", "--verbose").out
     assert "--cond-opt recluster_every=<int> (default 5000)" in verbose
-    assert "--prior-opt learned=<bool> (default False)" in verbose
+    assert "--prior-opt learned=<bool> (default false)" in verbose
+    # every shown default is a value the CLI accepts, choices are spelled out
+    assert "--cond-opt net=<cnn|resnet18> (default cnn)" in verbose
+    assert "--cond-opt width=<int|null> (default null)" in verbose
+    assert ('policy=<list[color|translation|cutout]> (default ["color", "translation", '
+            '"cutout"])') in verbose
