@@ -2,9 +2,9 @@
 
 - Algorithm 2, unsupervised clustering: draw M latents from each Gaussian of the mixture
   prior, label each generated sample by its Gaussian, train a classifier on those samples
-  and cluster real data by its argmax. ``component_classifier`` / ``mixture_partition`` are
-  shared by the ``gmm`` conditioner (its partition for ``cluster_agreement``) and
-  ``harness cluster``.
+  and cluster real data by its argmax. ``samples_by_component``, ``fit_component_classifier``
+  and ``predict_clusters`` (``mixture_partition``: all three) are shared by the ``gmm``
+  conditioner (its partition for ``cluster_agreement``) and ``harness cluster``.
 - The quality-diversity trade-off: the run's metrics on samples drawn with the prior's
   spread scaled by sigma (``Prior.sample(..., scale=sigma)``), for ``harness tradeoff``.
 """
@@ -27,6 +27,7 @@ from sklearn.neural_network import MLPClassifier
 from harness import results
 from harness.api import Metric, Prior, Sampler
 from harness.errors import HarnessError, MetricError, one_line
+from harness.run import EVAL_BATCH
 
 if TYPE_CHECKING:
     from harness.run import Run
@@ -35,8 +36,6 @@ CLASSIFIER = {"hidden_layer_sizes": (128,), "max_iter": 300, "random_state": 0}
 """Algorithm 2's classifier: scikit-learn's MLPClassifier with these settings."""
 PREDICT_BATCH = 10_000
 """Real examples classified at once by ``harness cluster``."""
-EVAL_BATCH = 10_000
-"""Generated samples per forward pass of G."""
 CLUSTER_SEED = 30_000
 """``harness cluster`` draws its latents with the seed ``config.seed + CLUSTER_SEED``."""
 SUBSET_SEED = 3
@@ -88,21 +87,6 @@ def fit_component_classifier(fake: torch.Tensor, labels: torch.Tensor) -> MLPCla
     return classifier
 
 
-def component_classifier(
-    prior: Prior,
-    generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    components: int,
-    per_component: int,
-    batch_size: int,
-    device: torch.device,
-) -> MLPClassifier:
-    """Algorithm 2, lines 2-7: a classifier of x by the Gaussian its latent came from."""
-    fake, labels = samples_by_component(
-        prior, generate, components, per_component, batch_size, device
-    )
-    return fit_component_classifier(fake, labels)
-
-
 def predict_clusters(classifier: MLPClassifier, batches: Iterable[torch.Tensor]) -> np.ndarray:
     """Algorithm 2, line 8: the argmax cluster of every real example, batch by batch."""
     predicted = [classifier.predict(x.flatten(1).cpu().numpy()) for x in batches]
@@ -119,10 +103,8 @@ def mixture_partition(
     device: torch.device,
 ) -> np.ndarray:
     """Algorithm 2 in full: the cluster (Gaussian id) of each example of ``real``."""
-    classifier = component_classifier(
-        prior, generate, components, per_component, batch_size, device
-    )
-    return predict_clusters(classifier, [real])
+    samples = samples_by_component(prior, generate, components, per_component, batch_size, device)
+    return predict_clusters(fit_component_classifier(*samples), [real])
 
 
 # ----------------------------------------------------------------------------- harness cluster
@@ -225,9 +207,9 @@ def cluster_run(
         return generator(z, net_labels(comp))
 
     with run.seeded(run.config.seed + CLUSTER_SEED), eval_mode(generator), torch.no_grad():
-        classifier = component_classifier(
+        classifier = fit_component_classifier(*samples_by_component(
             prior, generate, components, per_component, run.models.batch_size, run.device
-        )
+        ))
     index = cluster_indices(len(dataset), subset, run.config.seed)
     predicted = predict_clusters(
         classifier, (dataset.batch(chunk) for chunk in index.split(PREDICT_BATCH))
@@ -373,16 +355,9 @@ def compute_metric(
             values = metric.compute(counted, run)
     except MetricError as exc:
         return {}, bool(calls), one_line(exc)
-    finite = {k: float(v) for k, v in values.items() if is_finite(v)}
-    bad = sorted(set(values) - set(finite))
-    return finite, bool(calls), f"returned non-finite {', '.join(bad)}" if bad else None
-
-
-def is_finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+    finite, bad = results.split_finite(values)
+    problem = f"returned non-finite {', '.join(sorted(bad))}" if bad else None
+    return finite, bool(calls), problem
 
 
 def tradeoff(

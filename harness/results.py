@@ -64,6 +64,22 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def split_finite(values: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """A metric's ``values`` split into the finite ones, as floats, and the rest (NaN,
+    infinity, or not a number at all), as given."""
+    finite, bad = {}, {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isfinite(number):
+            finite[key] = number
+        else:
+            bad[key] = value
+    return finite, bad
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Strict JSON (NaN and infinity are refused with ``ValueError``), written atomically."""
     atomic_write_bytes(

@@ -27,6 +27,9 @@ from harness.api import (
 from harness.config import COMPONENT_FIELDS, RunConfig
 from harness.manager import PluginManager
 
+EVAL_BATCH = 10_000
+"""Samples per forward pass of the evaluation generator."""
+
 
 @dataclass
 class Run:

@@ -48,11 +48,11 @@ def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     return result
 
 
-def logged(loss_name: str, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What the log shows of one update: ``loss_name`` is the total (the base term alone when
-    there is no other), followed by every added term; all detached."""
-    total_loss = total(terms)
-    return {loss_name: total_loss.detach(),
+def logged(loss_name: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]
+           ) -> dict[str, torch.Tensor]:
+    """What the log shows of one update: ``loss_name`` is the total ``loss`` (the base term
+    alone when there is no other), followed by every added term; all detached."""
+    return {loss_name: loss.detach(),
             **{name: value.detach() for name, value in list(terms.items())[1:]}}
 
 
@@ -134,10 +134,11 @@ class TrainingStep:
         optimizer: torch.optim.Optimizer, name: str, terms: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """One optimiser step on the sum of ``terms``; returns them for the log."""
+        loss = total(terms)
         optimizer.zero_grad(set_to_none=True)
-        total(terms).backward()
+        loss.backward()
         optimizer.step()
-        return logged(name, terms)
+        return logged(name, loss, terms)
 
     # ------------------------------------------------------------------ the Step protocol
     def real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

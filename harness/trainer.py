@@ -19,10 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import results
 from harness.api import Metric
 from harness.errors import Diverged, MetricError, describe, one_line
-from harness.run import Run
+from harness.run import EVAL_BATCH, Run
 from harness.step import TrainingStep
-
-EVAL_BATCH = 10_000
 
 
 class Trainer:
@@ -271,19 +269,11 @@ class Trainer:
             reason = str(exc)
             computed = {}
         else:
-            bad = {k: v for k, v in computed.items() if not is_finite_number(v)}
+            computed, bad = results.split_finite(computed)
             reason = "returned non-finite " + ", ".join(f"{k}={v}" for k, v in bad.items())
-            computed = {k: float(v) for k, v in computed.items() if k not in bad}
             if not bad:
                 return computed
         run.metric_errors[name] = reason
         print(f"warning: metric {name!r} at step {run.step}: {one_line(reason)}", file=sys.stderr)
         return computed
-
-
-def is_finite_number(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
