@@ -8,6 +8,7 @@ def harness_datasets() -> dict[str, str]:
     return {
         "ring": "harness_plugins.datasets.toy2d:Ring",
         "grid": "harness_plugins.datasets.toy2d:Grid",
+        "gmgan_toy": "harness_plugins.datasets.toy2d:GMGANToy",
         "digits": "harness_plugins.datasets.images:Digits",
         "stacked_digits": "harness_plugins.datasets.images:StackedDigits",
         "mnist": "harness_plugins.datasets.files:MNIST",
