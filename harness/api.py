@@ -9,8 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -439,9 +440,24 @@ class Metric(Component, ABC):
 
     default: ClassVar[bool] = True
     """Whether runs without ``--metrics`` include it (False for costly, opt-in metrics)."""
+    better: ClassVar[dict[str, Literal["higher", "lower"] | None]] = {}
+    """Which way each of its keys improves, as ``fnmatch`` patterns of the keys it returns,
+    first match wins: e.g. ``{"*_std": None, "fid_*": "lower", "is_*": "higher"}``. A key
+    that matches none, or a None pattern (a spread such as ``kid_*_std``), has no direction."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
+
+    @classmethod
+    def direction(cls, key: str) -> Literal["higher", "lower"] | None:
+        """``"higher"`` or ``"lower"`` if that is better for ``key``, else None."""
+        return next((way for pattern, way in cls.better.items() if fnmatch(key, pattern)), None)
+
+    def resolved(self) -> dict[str, Any]:
+        """The options as recorded in ``config.json``: what defines the numbers, as JSON.
+        Override to record a file by its content (a hash) rather than its local path, so
+        that runs on machines with different caches still aggregate."""
+        return self.options.model_dump(mode="json")
 
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:
@@ -460,3 +476,53 @@ class Metric(Component, ABC):
         explicitly (e.g. count them as low quality), or raise ``MetricError`` saying why it
         cannot be computed.
         """
+
+
+# ----------------------------------------------------------------------------- executors
+class Executor(Component, ABC):
+    """Where the runs of a suite execute: child processes, a Ray cluster, Slurm, ...
+
+    The suite hands ``submit`` one ``harness.jobs.Job`` at a time and waits on the returned
+    ``concurrent.futures.Future``, whose result is the ``harness.jobs.Outcome`` of
+    ``harness.jobs.run_job(job)`` run wherever the executor runs it. The job's run
+    directory (under the results folder in ``Job.config["out"]``, which must be reachable
+    from the workers) is the only thing passed back: an executor never writes results.
+
+    ``jobs`` is ``--jobs``: how many runs may train at once (None: the executor's choice).
+    ``threads`` is how many CPU threads each run should use; the suite writes it into every
+    job's config. ``log_dir`` is a folder for the executor's own files (e.g. Slurm logs).
+    """
+
+    extra: ClassVar[str | None] = None
+    """The pip extra that installs the engine (``ray`` for ``gan-harness[ray]``), if any."""
+    max_jobs: ClassVar[int | None] = None
+    """The most runs it can run at once, if bounded (``local``: 1); ``--jobs`` is checked
+    against it before anything runs."""
+
+    def __init__(self, options: Options, jobs: int | None, log_dir: Path) -> None:
+        self.options = options
+        self.jobs = jobs
+        self.log_dir = log_dir
+
+    @property
+    def slots(self) -> int:
+        """How many jobs run at once (the progress display's "running" bound)."""
+        return self.jobs or 1
+
+    @property
+    def threads(self) -> int | None:
+        """CPU threads per run (None: torch's default)."""
+        return None
+
+    @abstractmethod
+    def submit(self, job: Any) -> Any:
+        """Start ``job`` (a ``harness.jobs.Job``); return a ``concurrent.futures.Future`` of
+        its ``Outcome``. An error of the engine itself (not of the run) may be the future's
+        exception."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """Ask every running job to stop at its next step boundary (checkpointing, status
+        ``interrupted``) and drop the jobs not yet started. Called once on Ctrl-C/SIGTERM."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine (processes, connections). Called once, always."""

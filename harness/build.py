@@ -287,7 +287,7 @@ def build_metrics(
             print(f"warning: skipping metric {name!r}: {one_line(exc)}", file=sys.stderr)
             continue
         metrics[name] = metric
-        resolved.setdefault("metrics", {})[name] = opts.model_dump(mode="json")
+        resolved.setdefault("metrics", {})[name] = metric.resolved()
     if not metrics:
         asked = "--metrics names none" if config.metrics is not None else "no metric applies"
         raise ConfigError(
@@ -296,3 +296,27 @@ def build_metrics(
         )
     return metrics
 
+
+def with_component_defaults(
+    values: dict[str, Any], pm: PluginManager, notes: bool = True
+) -> dict[str, Any]:
+    """``values`` plus the ``run_defaults`` of the chosen components for the settings that
+    ``values`` leave unset (a note on stderr for each, if ``notes``); unknown components are
+    left to the build's error."""
+    values = dict(values)
+    for fld, family in COMPONENT_FIELDS.items():
+        name = values.get(fld, RunConfig.model_fields[fld].default)
+        if not isinstance(name, str):  # make_config names the bad value
+            continue
+        try:
+            defaults = pm.get(family, name).load().run_defaults
+        except HarnessError:
+            continue
+        for key, value in defaults.items():
+            if key in RunConfig.model_fields and key not in values:
+                values[key] = value
+                if notes:
+                    flag = "--" + key.replace("_", "-")
+                    print(f"note: --{fld} {name} sets {key}={value!r} ({flag} to change)",
+                          file=sys.stderr)
+    return values

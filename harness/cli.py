@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from harness import __version__, results
+from harness.build import with_component_defaults
 from harness.config import (
     COMPONENT_FIELDS,
     INCEPTION_WEIGHTS_ENV,
@@ -135,8 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--group-by", help="comma-separated columns (default: every config field)")
     board.add_argument("--compare", metavar="SUITE",
                        help="show a paper's published numbers beside ours (registry.toml suites,"
-                       " e.g. liu2020-table1)")
+                       " e.g. liu2020-table1; 'all' for every suite)")
+    board.add_argument("--stat", choices=["std", "sem"], default="std",
+                       help="spread over seeds shown after ± (default: std)")
+    board.add_argument("--markdown", type=path_arg, metavar="PATH",
+                       help="also write the table (and the comparison) as Markdown")
     add_analysis_parsers(commands)
+    add_suite_parser(commands)
     return parser
 
 
@@ -190,28 +196,6 @@ def config_from_args(args: argparse.Namespace, pm: PluginManager) -> RunConfig:
     if args.inception_weights:
         os.environ[INCEPTION_WEIGHTS_ENV] = str(args.inception_weights)
     return config
-
-
-def with_component_defaults(values: dict[str, Any], pm: PluginManager) -> dict[str, Any]:
-    """``values`` plus the ``run_defaults`` of the chosen components for the settings that
-    ``values`` leave unset (a note on stderr for each); unknown components are left to the
-    build's error."""
-    values = dict(values)
-    for fld, family in COMPONENT_FIELDS.items():
-        name = values.get(fld, RunConfig.model_fields[fld].default)
-        if not isinstance(name, str):  # make_config names the bad value
-            continue
-        try:
-            defaults = pm.get(family, name).load().run_defaults
-        except HarnessError:
-            continue
-        for key, value in defaults.items():
-            if key in RunConfig.model_fields and key not in values:
-                values[key] = value
-                flag = "--" + key.replace("_", "-")
-                print(f"note: --{fld} {name} sets {key}={value!r} ({flag} to change)",
-                      file=sys.stderr)
-    return values
 
 
 def resume_config(args: argparse.Namespace, directory: Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -322,8 +306,30 @@ def execute(run: Any, resume: dict[str, Any] | None) -> int:
               f" (status failed; traceback in {path})", file=sys.stderr)
         return 1
     frame, metrics = leaderboard.load_runs([directory])
-    print(leaderboard.render(leaderboard.aggregate(frame, metrics), metrics))
+    table = leaderboard.aggregate(frame, metrics)
+    print(leaderboard.render(table, metrics))
+    print_published(table, metrics, "all")
     return 0
+
+
+def print_published(table: Any, metrics: list[str], suite_name: str) -> Any:
+    """Print the published numbers of the suite rows the leaderboard's groups follow
+    (``suite_name``: one suite, or ``all``); return the comparison frame."""
+    from harness import published, suites
+
+    everything = suites.registry_suites()
+    chosen = everything.values() if suite_name == "all" else [
+        suites.get_suite(suite_name, everything)]
+    if table.empty:
+        return None
+    comparison = published.compare(table, metrics, chosen,
+                                   published.directions(metrics, get_plugin_manager()))
+    if not comparison.empty:
+        print("\n" + published.render(comparison))
+    elif suite_name != "all":
+        print(f"\n(no run follows a row of {suite_name}; its rows: "
+              f"{', '.join(chosen[0].rows)})")
+    return comparison
 
 
 def command_plugins(args: argparse.Namespace) -> int:
@@ -366,8 +372,8 @@ def command_plugins(args: argparse.Namespace) -> int:
 
 def family_flag(family: str) -> str:
     """The run flag naming a component of ``family``: ``cond`` for conditioners."""
-    if family == "metrics":
-        return "metric"
+    if family in ("metrics", "executors"):
+        return family.removesuffix("s")
     return next(fld for fld, fam in COMPONENT_FIELDS.items() if fam == family)
 
 
@@ -397,28 +403,38 @@ def _type_name(annotation: Any) -> str:
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
-    from harness import leaderboard
+    from harness import leaderboard, published
 
     paths = list(args.runs) or [args.results or Path("results")]
     if args.results and args.runs:
         paths.append(args.results)
     frame, metrics = leaderboard.load_runs(paths)
     group_by = [c.strip() for c in args.group_by.split(",")] if args.group_by else None
-    if args.compare and group_by and not {"dataset", "cond"} <= set(group_by):
-        raise HarnessError(f"--compare {args.compare} matches rows by dataset and cond: "
-                           f"--group-by {args.group_by} must include both")
+    if args.compare and group_by and "dataset" not in group_by:
+        raise HarnessError(f"--compare {args.compare} matches rows by dataset and method: "
+                           f"--group-by {args.group_by} must include dataset")
     table = leaderboard.aggregate(frame, metrics, group_by)
-    suite = leaderboard.published_numbers(args.compare) if args.compare else None
-    print(leaderboard.render(table, metrics, suite))
+    print(leaderboard.render(table, metrics, args.stat))
+    comparison = print_published(table, metrics, args.compare) if args.compare else None
     if args.csv:
-        try:
-            leaderboard.write_csv(table, args.csv)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise HarnessError(f"--csv {args.csv}: cannot write the table: {reason} "
-                               "(valid: a file path in a writable folder)") from None
-        print(f"wrote {args.csv}", file=sys.stderr)
+        write_output(args.csv, "--csv", table.to_csv(index=False))
+    if args.markdown:
+        text = table.to_markdown(index=False) + "\n"
+        if comparison is not None and not comparison.empty:
+            text += "\n" + published.to_markdown(comparison)
+        write_output(args.markdown, "--markdown", text)
     return 0
+
+
+def write_output(path: Path, flag: str, text: str) -> None:
+    """Write a table the user asked for, atomically; a one-line error if it cannot be."""
+    try:
+        results.atomic_write_bytes(Path(path), text.encode())
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise HarnessError(f"{flag} {path}: cannot write the table: {reason} "
+                           "(valid: a file path in a writable folder)") from None
+    print(f"wrote {path}", file=sys.stderr)
 
 
 COMMANDS = {"run": command_run, "plugins": command_plugins, "leaderboard": command_leaderboard}
@@ -536,6 +552,77 @@ def command_tradeoff(args: argparse.Namespace) -> int:
 
 
 COMMANDS.update(cluster=command_cluster, tradeoff=command_tradeoff)
+
+
+# ----------------------------------------------------------------------------- suites
+def add_suite_parser(commands: Any) -> None:
+    suite = commands.add_parser(
+        "suite", help="run a paper's table (a registry suite) and compare with its numbers",
+        description="Run a suite's grid (rows x datasets x seeds) through an executor, skipping "
+        "runs already finished under --out and resuming interrupted ones, then print and write "
+        "its leaderboard with the published numbers beside the measured ones.",
+        epilog="Suites: harness suite --list. Executors and their options: "
+        "harness plugins --verbose",
+    )
+    suite.add_argument("name", nargs="?", metavar="NAME", help="suite, e.g. liu2020-table1")
+    suite.add_argument("--list", action="store_true", help="list the suites and their profiles")
+    suite.add_argument("--file", type=path_arg, metavar="TOML",
+                       help="read suites from this file's [suite.NAME] tables (the schema of the "
+                       "harness's registry.toml) instead of the shipped ones")
+    suite.add_argument("--profile", default="quick",
+                       help="budget: quick (about 20 min on 2 CPU cores) or paper (the "
+                       "published schedule); default: quick")
+    suite.add_argument("--seeds", type=int_arg(1, 1000), metavar="N",
+                       help="seeds 0..N-1 per row and dataset (default: the profile's)")
+    suite.add_argument("--executor", default="local",
+                       help="local (default), pool, ray, submitit or a plugin's")
+    suite.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="option of the executor, e.g. address=auto (repeatable)")
+    suite.add_argument("--jobs", type=int_arg(1, 4096), metavar="N",
+                       help="runs at once (pool: default one per core)")
+    suite.add_argument("--out", type=path_arg,
+                       help="results folder of the suite (default: results/NAME-PROFILE)")
+    suite.add_argument("--dry-run", action="store_true",
+                       help="list what would run, resume or be skipped, then stop")
+    suite.add_argument("--data-root", type=path_arg, help="folder of MNIST / CIFAR-10 data")
+    suite.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where runs train")
+    suite.add_argument("--inception-weights", type=path_arg, metavar="PATH",
+                       help="Inception weights file for fid_inception")
+    suite.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def command_suite(args: argparse.Namespace) -> int:
+    from harness import suite_run, suites
+
+    everything = suites.suites_file(args.file) if args.file else suites.registry_suites()
+    if args.list:
+        print(suite_run.format_list(everything))
+        return 0
+    if not args.name:
+        raise HarnessError(f"harness suite needs a NAME (valid: {', '.join(everything)}; "
+                           "harness suite --list describes them)")
+    suite = suites.get_suite(args.name, everything)
+    if args.profile not in suite.profiles:
+        raise HarnessError(f"unknown profile {args.profile!r} of suite {suite.name} "
+                           f"(valid: {', '.join(suite.profiles)})")
+    out = (args.out or Path("results") / f"{suite.name}-{args.profile}").absolute()
+    results.check_output_dir(out)
+    pm = get_plugin_manager()
+    executor_options = parse_assignments(args.executor_opt, "--executor-opt")
+    suite_run.check_executor(pm, args.executor, executor_options, args.jobs)
+    env = {INCEPTION_WEIGHTS_ENV: str(args.inception_weights.absolute())} \
+        if args.inception_weights else {}
+    os.environ.update(env)
+    overrides = {"out": str(out), "progress": False}
+    for name in ("data_root", "device"):
+        if getattr(args, name) is not None:
+            overrides[name] = str(getattr(args, name))
+    return suite_run.command(suite, args.profile, args.seeds, out, overrides, env, pm,
+                             executor=(args.executor, executor_options, args.jobs),
+                             dry_run=args.dry_run, show_progress=not args.no_progress)
+
+
+COMMANDS.update(suite=command_suite)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ hookspec = pluggy.HookspecMarker("harness")
 
 FAMILIES = (
     "priors", "conditioners", "backbones", "datasets", "metrics", "losses", "regularizers",
-    "augmentations",
+    "augmentations", "executors",
 )
 
 
@@ -60,6 +60,12 @@ def harness_regularizers() -> dict[str, Any]:
 @hookspec
 def harness_augmentations() -> dict[str, Any]:
     """Augmentations of D's inputs (``--augment``), subclasses of ``harness.api.Augmentation``."""
+
+
+@hookspec
+def harness_executors() -> dict[str, Any]:
+    """Where a suite's runs execute (``harness suite --executor``), subclasses of
+    ``harness.api.Executor``."""
 
 
 @hookspec

@@ -13,7 +13,6 @@ import math
 import os
 import reprlib
 import sys
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -217,13 +216,26 @@ def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr) -> tuple[pd.DataF
     return frame, metric_names
 
 
+STATS = ("std", "sem")
+"""The spreads over seeds ``aggregate`` gives: sample standard deviation and standard error."""
+
+
+def within_run_spreads(metrics: list[str]) -> dict[str, str]:
+    """Keys that are a run's own spread of another metric (``kid_digits_10k_std``, the std
+    of KID over subsets) -> that metric. They are not metrics to average over seeds."""
+    return {m: m.removesuffix("_std") for m in metrics
+            if m.endswith("_std") and m.removesuffix("_std") in metrics}
+
+
 def aggregate(
     frame: pd.DataFrame, metrics: list[str], group_by: list[str] | None = None
 ) -> pd.DataFrame:
-    """Mean and std of each metric per group; ``group_by`` defaults to every config column.
+    """Mean, std and s.e. of each metric per group; ``group_by`` defaults to every config
+    column.
 
     ``n_seeds`` counts a group's runs: by default its distinct seeds, since ``load_runs``
-    keeps one run per composition and seed.
+    keeps one run per composition and seed. A run's own spread of a metric (``X_std`` beside
+    ``X``) is pooled, not averaged: ``X_run_std`` is the root mean square of the runs' values.
     """
     if frame.empty:
         return frame
@@ -232,31 +244,33 @@ def aggregate(
     missing = [k for k in keys if k not in valid]
     if missing:
         raise HarnessError(f"unknown --group-by column(s) {missing} (valid: {', '.join(valid)})")
-    values = [m for m in metrics if pd.api.types.is_numeric_dtype(frame[m])]
+    spreads = within_run_spreads(metrics)
+    numeric = [m for m in metrics if pd.api.types.is_numeric_dtype(frame[m])]
+    values = [m for m in numeric if m not in spreads]
     grouped = frame.groupby(keys, sort=True, dropna=False)
-    table = grouped[values].agg(["mean", "std"])
+    table = grouped[values].agg(["mean", "std", "sem"])
     table.columns = [f"{m}_{stat}" for m, stat in table.columns]
+    for spread, metric in spreads.items():
+        if spread in numeric:
+            table[f"{metric}_run_std"] = grouped[spread].agg(lambda v: math.sqrt((v**2).mean()))
     table.insert(0, "n_seeds", grouped.size())
     return table.reset_index()
 
 
-def render(
-    table: pd.DataFrame, metrics: list[str], suite: dict[str, Any] | None = None
-) -> str:
-    """A readable text table: varying keys, ``mean ± std`` per metric, paper numbers if any."""
+def render(table: pd.DataFrame, metrics: list[str], stat: str = "std") -> str:
+    """A readable text table: varying keys, ``mean ± <stat>`` per metric (std or sem)."""
     if table.empty:
         return "(no finished runs)"
-    keys = [c for c in table.columns if c != "n_seeds" and not c.endswith(("_mean", "_std"))]
+    suffixes = tuple(f"_{s}" for s in ("mean", *STATS, "run_std"))
+    keys = [c for c in table.columns if c != "n_seeds" and not c.endswith(suffixes)]
     varying = [k for k in keys if k not in ALWAYS_SHOWN and table[k].dropna().nunique() > 1]
     view = table[[k for k in ALWAYS_SHOWN if k in table] + varying].copy()
     view["seeds"] = table["n_seeds"]
     for metric in metrics:
         if f"{metric}_mean" not in table:
             continue
-        mean, std = table[f"{metric}_mean"], table[f"{metric}_std"]
-        view[metric] = [mean_std(m, s) for m, s in zip(mean, std, strict=True)]
-    if suite is not None:
-        add_published(view, table, suite)
+        mean, spread = table[f"{metric}_mean"], table[f"{metric}_{stat}"]
+        view[metric] = [mean_std(m, s) for m, s in zip(mean, spread, strict=True)]
     return view.to_string(index=False)
 
 
@@ -269,31 +283,3 @@ def mean_std(mean: float, std: float) -> str:
 
 REGISTRY = importlib.resources.files("harness") / "registry.toml"
 """The catalogue of built-in plugins and published tables, shipped inside the package."""
-
-
-def published_numbers(suite: str) -> dict[str, Any]:
-    """A paper table of ``registry.toml``: ``{dataset: {cond: [[mean, se], ...]}}`` + columns."""
-    suites = tomllib.loads(REGISTRY.read_text(encoding="utf-8")).get("suite", {})
-    if suite not in suites:
-        raise HarnessError(f"unknown suite {suite!r} (valid: {', '.join(suites) or 'none'})")
-    return suites[suite]
-
-
-def add_published(view: pd.DataFrame, table: pd.DataFrame, suite: dict[str, Any]) -> None:
-    """Insert ``<metric> (paper)`` columns beside the measured ones, by dataset and cond
-    (a suite's ``stand_ins`` map our dataset to the paper's, e.g. stacked digits -> MNIST)."""
-    for position, metric in enumerate(suite["columns"]):
-        if metric not in view:
-            continue
-        cells = []
-        for dataset, cond in zip(table["dataset"], table["cond"], strict=True):
-            paper_dataset = suite.get("stand_ins", {}).get(dataset, dataset)
-            row = suite["published"].get(paper_dataset, {}).get(cond)
-            mean, se = row[position] if row else (math.nan, math.nan)
-            cells.append("" if math.isnan(mean) else f"{mean:.4g}" + (
-                "" if math.isnan(se) else f" ± {se:.2g}"))
-        view.insert(view.columns.get_loc(metric) + 1, f"{metric} (paper)", cells)
-
-
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    results.atomic_write_bytes(Path(path), table.to_csv(index=False).encode())

@@ -24,7 +24,8 @@ BLOCK_ENV = "HARNESS_BLOCK_PLUGINS"
 
 SINGULAR = {"priors": "prior", "conditioners": "conditioner", "backbones": "backbone",
             "datasets": "dataset", "metrics": "metric", "losses": "loss",
-            "regularizers": "regularizer", "augmentations": "augmentation"}
+            "regularizers": "regularizer", "augmentations": "augmentation",
+            "executors": "executor"}
 """One component of each family, for messages."""
 HOOK_NAMES = tuple(name for name in vars(hookspecs) if name.startswith("harness_"))
 

@@ -152,8 +152,10 @@ class RunLock:
     Raises ``HarnessError`` when another process holds the lock.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, what: str = "run directory",
+                 then: str = "then resume") -> None:
         self.path = Path(run_dir) / LOCK
+        self.what, self.then = what, then
         self.handle: IO[str] | None = None
 
     def __enter__(self) -> RunLock:
@@ -169,8 +171,8 @@ class RunLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise HarnessError(
-                f"run directory {self.path.parent} is in use by {holder}; wait for it to "
-                "finish or stop it (Ctrl-C / kill), then resume"
+                f"{self.what} {self.path.parent} is in use by {holder}; wait for it to "
+                f"finish or stop it (Ctrl-C / kill), {self.then}"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -184,6 +186,20 @@ class RunLock:
         if self.handle is not None:
             self.handle.close()  # releases the lock; the file stays (harmless, reused)
             self.handle = None
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s ``RunLock`` (its line), or None when no live process does."""
+    path = Path(run_dir) / LOCK
+    try:
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "another process"
+    except OSError:  # no lock file: never locked
+        pass
+    return None
 
 
 def unwritable_reason(folder: Path) -> str | None:

@@ -1,6 +1,7 @@
 """End-to-end `harness run` / `harness leaderboard`, determinism, resume and bad input."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -171,21 +172,36 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 def test_leaderboard_compares_with_published_numbers(cli, tmp_path):
     assert cli("run", *FAST, "--cond", "none", "--out", tmp_path).code == 0
-    result = cli("leaderboard", tmp_path, "--compare", "liu2020-table1")
+    result = cli("leaderboard", tmp_path, "--compare", "liu2020-table1", "--stat", "sem")
     assert result.code == 0
-    header, row = result.out.splitlines()[:2]
-    assert "modes (paper)" in header and "rkl (paper)" in header
-    assert "6.3 ± 0.5" in row and "0.45 ± 0.09" in row  # the paper's GAN row on the ring
+    lines = result.out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("liu2020-table1: "))
+    assert "mean ± s.e. over 10 trials" in lines[header]
+    columns = lines[header + 1].split()
+    assert columns[:3] == ["dataset", "method", "seeds"] and "verdict" in columns
+    modes = next(line for line in lines[header + 2:] if " modes " in line)
+    assert "GAN" in modes and "6.3 ± 0.5" in modes and "higher" in modes
+    rkl = next(line for line in lines[header + 2:] if " rkl " in line)
+    assert "0.45 ± 0.09" in rkl and "lower" in rkl
     bad = cli("leaderboard", tmp_path, "--compare", "liu2021")
     assert bad.code == 2 and "liu2020-table1" in bad.err
 
 
 def test_stacked_digits_is_compared_with_the_papers_stacked_mnist():
-    from harness.leaderboard import add_published, published_numbers
+    from harness import published
+    from harness.suites import registry_suites
 
-    table = pd.DataFrame({"dataset": ["stacked_digits", "ring"], "cond": ["kmeans_d", "none"]})
-    view = pd.DataFrame({"modes": ["1000 ± 0", "8 ± 0"], "rkl": ["0.155", "0.04"]})
-    add_published(view, table, published_numbers("liu2020-table2"))
-    assert list(view.columns) == ["modes", "modes (paper)", "rkl", "rkl (paper)"]
-    assert view["modes (paper)"].tolist() == ["1000 ± 0", ""]
-    assert view["rkl (paper)"].tolist() == ["0.08 ± 0.009", ""]
+    table = pd.DataFrame({
+        "dataset": ["stacked_digits", "ring"], "cond": ["kmeans_d", "none"], "cond.k": [100, None],
+        "prior": "gaussian", "backbone": ["dcgan", "mlp"], "loss": "bce", "steps": [600, 1500],
+        "n_seeds": [2, 1], "modes_mean": [990.0, 8.0], "modes_sem": [5.0, math.nan],
+        "rkl_mean": [0.155, 0.04], "rkl_sem": [0.01, math.nan],
+    })
+    suites = registry_suites()
+    comparison = published.compare(table, ["modes", "rkl"], [suites["liu2020-table2"]],
+                                   {"modes": "higher", "rkl": "lower"})
+    assert comparison["paper_dataset"].tolist() == ["stacked_mnist"] * 2
+    assert comparison["paper"].tolist() == ["1000 ± 0", "0.08 ± 0.009"]
+    assert comparison["measured"].tolist() == ["990 ± 5", "0.155 ± 0.01"]
+    assert comparison["budget"].tolist() == ["600 of 100k steps"] * 2
+    assert comparison["verdict"].tolist() == ["worse", "worse"]

@@ -21,8 +21,8 @@ def test_a_plain_install_compares_with_published_numbers(tmp_path):
     assert "harness/registry.toml" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import harness, harness.leaderboard as lb; print(harness.__file__); "
-            "print(sorted(lb.published_numbers('liu2020-table1')['published']))")
+    code = ("import harness, harness.suites as s; print(harness.__file__); "
+            "print(sorted(s.registry_suites()['liu2020-table1'].published))")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path,

@@ -24,6 +24,7 @@ BUILT_INS = {
     "losses": {"bce", "hinge"},
     "regularizers": {"none", "r1"},
     "augmentations": {"none", "diffaug"},
+    "executors": {"local", "pool", "ray", "submitit"},
 }
 
 
@@ -41,7 +42,8 @@ def hookspecs_base(family):
 
     return {"priors": api.Prior, "conditioners": api.Conditioner, "backbones": api.Backbone,
             "datasets": api.Dataset, "metrics": api.Metric, "losses": api.Loss,
-            "regularizers": api.Regularizer, "augmentations": api.Augmentation}[family]
+            "regularizers": api.Regularizer, "augmentations": api.Augmentation,
+            "executors": api.Executor}[family]
 
 
 def test_registry_toml_lists_exactly_the_entry_points():
@@ -333,7 +335,7 @@ def test_allow_and_block_lists(monkeypatch):
 def test_every_hook_is_documented_and_in_the_plugin_guide():
     guide = (ROOT / "docs" / "plugins.md").read_text()
     names = [n for n in dir(hookspecs) if n.startswith("harness_")]
-    assert len(names) == 13
+    assert len(names) == 14
     for name in names:
         assert getattr(hookspecs, name).__doc__, name
         assert f"`{name}`" in guide, name

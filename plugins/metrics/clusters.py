@@ -39,6 +39,7 @@ class ClusterAgreement(Metric):
     """cluster_{nmi,ari,purity,acc}: the conditioner's partition vs. the true labels."""
 
     Options = AgreementOptions
+    better = {"cluster_*": "higher"}
 
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:

@@ -14,6 +14,8 @@ images with NaN or infinity make the metric fail (``MetricError``) instead of be
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import importlib.util
 import io
 import os
@@ -174,6 +176,9 @@ class FidelityOptions(Options):
 class FidelityMetric(Metric):
     """Shared implementation; subclasses name the extractor and its weights."""
 
+    better = {"*_std": None, "fid_*": "lower", "kid_*": "lower", "is_*": "higher",
+              "precision_*": "higher", "recall_*": "higher"}
+
     extractor_tag: ClassVar[str]
     plugin_name: ClassVar[str]
     """The name the metric is registered under, for messages."""
@@ -320,6 +325,16 @@ def inception_layout() -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
 
 
+@functools.cache
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks; cached per path in a process)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_inception_weights(path: Path) -> None:
     """MetricUnavailable unless ``path`` holds a state dict with the names and shapes of
     torch-fidelity's Inception-v3 (BatchNorm's ``num_batches_tracked`` may be absent)."""
@@ -389,6 +404,12 @@ class InceptionFidelity(FidelityMetric):
 
     def extractor(self, run: Run) -> tuple[str, str, str]:
         return INCEPTION_EXTRACTOR, str(self.options.weights), "inception"
+
+    def resolved(self) -> dict[str, Any]:
+        """The options with the weights named by their content (``sha256:<hex>``), not by
+        their local path: runs on machines with different caches aggregate together, and
+        runs with different weights never do."""
+        return {**super().resolved(), "weights": f"sha256:{file_sha256(self.options.weights)}"}
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images

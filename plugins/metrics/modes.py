@@ -61,6 +61,7 @@ class Modes2D(Metric):
     """modes / hq_pct / rkl on ``--eval-samples`` generated points (data with known modes)."""
 
     Options = ModesOptions
+    better = {"modes": "higher", "hq_pct": "higher", "rkl": "lower"}
 
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:

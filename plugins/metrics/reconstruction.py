@@ -116,6 +116,7 @@ class LPIPSReconstruction(Metric):
     """lpips_recon_{net}[_random][_train] (after optimisation) and ..._init (encoder only)."""
 
     Options = ReconstructionOptions
+    better = {"lpips_recon_*": "lower"}
     options: ReconstructionOptions
     default = False  # minutes on a CPU: ask for it with --metrics lpips_recon
 

@@ -1,0 +1,140 @@
+"""One run of a suite as an executor sees it: a ``Job`` in, an ``Outcome`` out.
+
+``run_job`` is what every executor calls in its worker (a child process, a Ray task, a Slurm
+job): it trains one ``RunConfig`` into a new run directory under ``Job.out``, or resumes the
+run directory ``Job.resume``, exactly as ``harness run`` does. Both types are plain, picklable
+data, so a job crosses process and machine boundaries; the run directory it leaves behind is
+the only result the suite's leaderboard reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["finished", "failed", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to execute.
+
+    ``config``: the run's ``RunConfig`` as JSON (``model_dump(mode="json")``), with ``out``
+    the results folder shared by the suite's runs. ``resume``: an existing run directory to
+    continue from its last checkpoint instead of starting a new one. ``log``: file that
+    receives the run's stdout and stderr (appended), or None to keep them. ``env``:
+    environment variables to set in the worker (e.g. ``HARNESS_INCEPTION_WEIGHTS``).
+    """
+
+    key: str
+    """The job's name in the suite, e.g. ``ring/kmeans_d/s3``; for progress and messages."""
+    config: dict[str, Any]
+    resume: str | None = None
+    log: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a job: its status, run directory (None if it failed before making
+    one), a one-line error for failed and interrupted runs, and its wall time in seconds."""
+
+    key: str
+    status: Status
+    run_dir: str | None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def run_job(job: Job) -> Outcome:
+    """Train ``job`` to the end in this process; never raises for a failed run.
+
+    A ``KeyboardInterrupt`` (SIGINT/SIGTERM reaching the worker) checkpoints the run and
+    gives status ``interrupted``; any other error gives ``failed`` with one line saying why
+    (the traceback goes to the job's log and, once the run has a directory, to its
+    ``traceback.txt``, as with ``harness run``).
+    """
+    start = time.perf_counter()
+    os.environ.update(job.env)
+    with _output_to(job.log):
+        directory: Path | None = None
+        try:
+            directory = _train(job)
+            status, error = "finished", None
+        except KeyboardInterrupt as exc:
+            status, error = "interrupted", "stopped by a signal; the suite resumes it"
+            directory = getattr(exc, "run_dir", None)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the job's outcome
+            from harness.errors import HarnessError, one_line
+
+            status, error = "failed", one_line(f"{type(exc).__name__}: {exc}")
+            if not isinstance(exc, HarnessError):
+                traceback.print_exc()
+            directory = directory or getattr(exc, "run_dir", None)
+        print(f"job {job.key}: {status}" + (f": {error}" if error else ""), file=sys.stderr)
+    return Outcome(job.key, status, str(directory) if directory else None, error,
+                   time.perf_counter() - start)
+
+
+def _train(job: Job) -> Path:
+    from harness import results, runner
+    from harness.build import build_run
+    from harness.config import make_config
+    from harness.errors import HarnessError
+    from harness.manager import get_plugin_manager
+    from harness.run import run_name
+
+    config = make_config(job.config)
+    run = build_run(config, get_plugin_manager())
+    if job.resume is None:
+        results.check_output_dir(config.out)
+        run.directory = results.create_run_dir(config.out, run_name(config))
+        resume = None
+    else:
+        run.directory = Path(job.resume)
+        resume = {"changed": {}, "by": "harness suite"}
+    with results.RunLock(run.directory):
+        if resume is not None:
+            status = results.read_json(run.directory / results.RUN).get("status")
+            if status == "finished":  # finished by another process since it was planned
+                return run.directory
+        try:
+            runner.execute(run, resume)
+        except BaseException as exc:
+            exc.run_dir = run.directory  # type: ignore[attr-defined]
+            if not isinstance(exc, KeyboardInterrupt | HarnessError):
+                (run.directory / results.TRACEBACK).write_text(traceback.format_exc())
+            raise
+    return run.directory
+
+
+@contextlib.contextmanager
+def _output_to(log: str | None) -> Any:
+    """Send this process's stdout and stderr (file descriptors 1 and 2 too, so that native
+    code and child processes follow) to ``log``, appending; restore them after."""
+    if log is None:
+        yield
+        return
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a", buffering=1) as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

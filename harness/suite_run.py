@@ -1,0 +1,393 @@
+"""``harness suite``: plan a suite's runs against its results folder, run the missing ones
+through an executor, and write the suite's leaderboard.
+
+Resuming is by identity: a job whose configuration hash (which includes the seed) already
+has a finished run under ``--out`` is skipped; an interrupted run, or one whose process died
+(status ``running``, lock free), is resumed from its last checkpoint; a failed run is run
+again in a new directory (the failed one is kept and never counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from harness import results
+from harness.api import Executor
+from harness.config import RunConfig, make_config
+from harness.errors import ConfigError, HarnessError, one_line
+from harness.jobs import Job, Outcome
+from harness.manager import PluginManager
+from harness.suites import Suite
+
+Action = Literal["skip", "resume", "new", "busy"]
+LOGS = ".suite-logs"
+"""Folder under ``--out`` with each job's stdout and stderr (``<dataset>-<row>-s<seed>.log``)."""
+
+
+@dataclass
+class Planned:
+    """One job of a suite and what to do about it."""
+
+    key: str
+    dataset: str
+    row: str
+    seed: int
+    config: RunConfig
+    action: Action
+    run_dir: Path | None = None
+    """The finished run (skip), the one to continue (resume), or the one in use (busy)."""
+    reason: str = ""
+
+
+@dataclass
+class Existing:
+    run_dir: Path
+    status: str
+    started: str
+    step: int | None
+    holder: str | None
+
+
+def index_runs(out: Path) -> dict[str, list[Existing]]:
+    """Run directories under ``out`` by configuration hash; unreadable ones are ignored
+    (``harness leaderboard`` names them)."""
+    found: dict[str, list[Existing]] = {}
+    if not out.is_dir():
+        return found
+    for run_json in sorted(out.glob(f"*/{results.RUN}")):
+        run_dir = run_json.parent
+        try:
+            info = results.read_json(run_json)
+            saved = results.read_json(run_dir / results.CONFIG)
+            identity = make_config(saved["config"]).short_hash()
+        except (OSError, ValueError, TypeError, KeyError, HarnessError):
+            continue
+        if not isinstance(info, dict):
+            continue
+        found.setdefault(identity, []).append(Existing(
+            run_dir, str(info.get("status")), str(info.get("started", "")),
+            info.get("step"), results.lock_holder(run_dir)))
+    return found
+
+
+def decide(existing: list[Existing]) -> tuple[Action, Path | None, str]:
+    """What to do for a job given the runs of its identity already under ``--out``."""
+    finished = [e for e in existing if e.status == "finished"]
+    if finished:
+        first = min(finished, key=lambda e: e.started)
+        return "skip", first.run_dir, f"finished in {first.run_dir.name}"
+    busy = [e for e in existing if e.holder]
+    if busy:
+        return "busy", busy[0].run_dir, f"in use by {busy[0].holder}"
+    stopped = [e for e in existing if e.status in ("interrupted", "running")]
+    if stopped:
+        last = max(stopped, key=lambda e: e.started)
+        where = f"step {last.step}" if last.step is not None else "its start"
+        return "resume", last.run_dir, f"{last.status} at {where}: resume"
+    if existing:
+        return "new", None, f"{len(existing)} earlier run(s) failed: run again"
+    return "new", None, "not run yet"
+
+
+def plan(suite: Suite, profile: str, seeds: int, values_for: Any, out: Path) -> list[Planned]:
+    """Every job of the suite's grid (datasets x rows x seeds), each with its action.
+
+    ``values_for(dataset, row, seed)`` gives a job's ``RunConfig`` settings.
+    """
+    existing = index_runs(out)
+    jobs = []
+    for dataset in suite.profile_datasets(profile):
+        for row in suite.rows:
+            for seed in range(seeds):
+                config = make_config(values_for(dataset, row, seed))
+                action, run_dir, reason = decide(existing.get(config.short_hash(), []))
+                jobs.append(Planned(f"{dataset}/{row}/s{seed}", dataset, row, seed, config,
+                                    action, run_dir, reason))
+    return jobs
+
+
+def format_plan(jobs: list[Planned]) -> str:
+    width = max(len(job.key) for job in jobs)
+    lines = [f"{job.action:<6} {job.key:<{width}}  {job.reason}" for job in jobs]
+    counts = {a: sum(job.action == a for job in jobs) for a in ("new", "resume", "skip", "busy")}
+    lines.append(f"{len(jobs)} runs: {counts['new']} to start, {counts['resume']} to resume, "
+                 f"{counts['skip']} finished, {counts['busy']} in use elsewhere")
+    return "\n".join(lines)
+
+
+def make_job(planned: Planned, out: Path, env: dict[str, str]) -> Job:
+    log = out / LOGS / (planned.key.replace("/", "-") + ".log")
+    resume = str(planned.run_dir) if planned.action == "resume" else None
+    return Job(planned.key, planned.config.model_dump(mode="json"), resume, str(log), env)
+
+
+# ----------------------------------------------------------------------------- running
+class SuiteProgress:
+    """Runs done / running / failed and an ETA, on stderr, with rich."""
+
+    def __init__(self, total: int, slots: int, show: bool) -> None:
+        self.total, self.slots, self.show = total, slots, show
+        self.done = self.failed = 0
+        self.progress = Progress(
+            TextColumn("[bold]suite"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), disable=not show,
+        )
+        self.task = self.progress.add_task("suite", total=total, info="")
+        self.update()
+
+    def update(self) -> None:
+        running = min(self.slots, self.total - self.done - self.failed)
+        info = f"running {running}, failed {self.failed}"
+        self.progress.update(self.task, completed=self.done + self.failed, info=info)
+
+    def record(self, outcome: Outcome) -> None:
+        if outcome.status == "finished":
+            self.done += 1
+        else:
+            self.failed += outcome.status == "failed"
+            if outcome.status == "interrupted":
+                self.total -= 1
+        line = f"{outcome.status} {outcome.key} ({outcome.seconds:.0f} s)"
+        if outcome.error:
+            line += f": {outcome.error}"
+        self.progress.console.print(line, highlight=False, markup=False)
+        self.update()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict[str, str | None]]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread; the signal's name
+    is in the yielded dict's ``"signal"``."""
+    state: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        state["signal"] = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool) -> tuple[
+        list[Outcome], str | None]:
+    """Submit every job, collect outcomes as they finish; on Ctrl-C/SIGTERM ask the executor
+    to stop and wait for the running jobs to checkpoint. Returns the outcomes and the
+    signal that stopped the suite (None if it ran to the end)."""
+    outcomes: list[Outcome] = []
+    progress = SuiteProgress(len(jobs), executor.slots, show_progress)
+    pending: dict[Future[Outcome], Job] = {}
+    with stop_on_signals() as state, progress.progress:
+        try:
+            for job in jobs:
+                pending[executor.submit(job)] = job
+            while pending:
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcomes.append(outcome_of(future, pending.pop(future)))
+                    progress.record(outcomes[-1])
+                progress.update()
+        except KeyboardInterrupt:
+            print(f"\nstopping ({state['signal'] or 'interrupted'}): the running runs "
+                  "checkpoint and stop; a second signal stops at once", file=sys.stderr)
+            executor.stop()
+            for future in list(pending):
+                try:
+                    outcome = outcome_of(future, pending.pop(future))
+                except KeyboardInterrupt:
+                    break
+                if outcome.status != "interrupted" or outcome.run_dir:
+                    outcomes.append(outcome)
+            return outcomes, state["signal"] or "SIGINT"
+    return outcomes, None
+
+
+def outcome_of(future: Future[Outcome], job: Job) -> Outcome:
+    """A finished future's outcome; an engine error (a lost worker) is a failed outcome."""
+    if future.cancelled():
+        return Outcome(job.key, "interrupted", None, "cancelled before it started")
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the engine's own failure, e.g. a dead worker
+        return Outcome(job.key, "failed", None, one_line(f"{type(exc).__name__}: {exc}"))
+
+
+def build_executor(pm: PluginManager, name: str, options: dict[str, Any], jobs: int | None,
+                   log_dir: Path) -> Executor:
+    """The executor plugin ``name`` with validated options; a missing engine (Ray,
+    submitit) is a one-line ``ConfigError`` naming the extra to install."""
+    from harness.build import validate_options
+
+    cls = pm.get("executors", name).load()
+    opts = validate_options("executor", name, cls, options)
+    return cls(opts, jobs, log_dir)
+
+
+def check_compositions(jobs: list[Planned], pm: PluginManager) -> None:
+    """Build each distinct composition of the plan once (seed 0), as ``harness run`` would
+    before training: every plugin, option, dataset and memory need is checked before any
+    run starts. Raises ``HarnessError`` naming the job."""
+    from harness.build import build_run
+
+    seen = set()
+    for job in jobs:
+        if job.action == "skip":
+            continue
+        key = job.config.model_copy(update={"seed": 0}).short_hash()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build_run(job.config, pm)
+        except HarnessError as exc:
+            raise ConfigError(f"{job.key}: {one_line(exc)}") from None
+
+
+def run_plan(jobs: list[Planned], executor: Executor, out: Path, env: dict[str, str],
+             show_progress: bool) -> tuple[list[Path], list[Outcome], str | None]:
+    """Run the plan's missing jobs; return the finished run directories (skipped and new),
+    every outcome, and the signal that stopped the suite early, if one did."""
+    todo = [make_job(j, out, env) for j in jobs if j.action in ("new", "resume")]
+    start = time.perf_counter()
+    outcomes, stopped = execute_jobs(executor, todo, show_progress) if todo else ([], None)
+    if todo:
+        print(f"ran {len(todo)} job(s) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    finished = [j.run_dir for j in jobs if j.action == "skip" and j.run_dir]
+    finished += [Path(o.run_dir) for o in outcomes if o.status == "finished" and o.run_dir]
+    return finished, outcomes, stopped
+
+
+# ----------------------------------------------------------------------------- the command
+def format_list(suites: dict[str, Suite]) -> str:
+    """``harness suite --list``: each suite, its source, grid and profiles with their size."""
+    blocks = []
+    for suite in suites.values():
+        lines = [f"{suite.name}: {suite.paper}",
+                 f"  rows: {', '.join(suite.rows)}; datasets: {', '.join(suite.datasets)}"]
+        for name, profile in suite.profiles.items():
+            datasets = suite.profile_datasets(name)
+            lines.append(f"  --profile {name}: {suite.size(name)} runs ({len(suite.rows)} rows x "
+                         f"{len(datasets)} datasets x {profile.seeds} seeds): {profile.note}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def check_executor(pm: PluginManager, name: str, options: dict[str, Any],
+                   jobs: int | None) -> None:
+    """The executor exists, its options are valid and it can run ``jobs`` runs at once
+    (checked before anything is planned)."""
+    from harness.build import validate_options
+
+    cls = pm.get("executors", name).load()
+    validate_options("executor", name, cls, options)
+    if jobs is not None and cls.max_jobs is not None and jobs > cls.max_jobs:
+        raise ConfigError(f"--jobs {jobs}: executor {name!r} runs at most {cls.max_jobs} at "
+                          "a time (valid: --jobs 1, or --executor pool for several at once)")
+
+
+def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides: dict[str, Any],
+            env: dict[str, str], pm: PluginManager, executor: tuple[str, dict[str, Any],
+            int | None], dry_run: bool, show_progress: bool) -> int:
+    """``harness suite``: plan, check, run, then print and write the leaderboard.
+
+    Exit code 0 when every run finished, 1 when some failed (the table shows the rest),
+    130 / 143 when stopped by Ctrl-C / SIGTERM (run the same command again to continue).
+    """
+    from harness.build import with_component_defaults
+
+    seeds = seeds or suite.profiles[profile].seeds
+
+    def values_for(dataset: str, row: str, seed: int) -> dict[str, Any]:
+        values = {**suite.config_values(profile, dataset, row, seed), **overrides}
+        return with_component_defaults(values, pm, notes=False)
+
+    jobs = plan(suite, profile, seeds, values_for, out)
+    check_compositions(jobs, pm)
+    print(f"{suite.name}, profile {profile}: {suite.profiles[profile].note}", file=sys.stderr)
+    if dry_run:
+        print(format_plan(jobs))
+        return 0
+    name, options, slots = executor
+    out.mkdir(parents=True, exist_ok=True)
+    with results.RunLock(out, "results folder", "then run the suite again"):
+        engine = build_executor(pm, name, options, slots, out / LOGS)
+        try:
+            for job in jobs:
+                job.config = job.config.model_copy(update={"threads": engine.threads})
+            finished, outcomes, stopped = run_plan(jobs, engine, out, env, show_progress)
+        finally:
+            engine.close()
+        board_paths = write_leaderboard(suite, jobs, finished, out, pm)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for outcome in failed:
+        where = f" (see {outcome.run_dir})" if outcome.run_dir else ""
+        print(f"failed: {outcome.key}: {outcome.error}{where}", file=sys.stderr)
+    print(f"wrote {', '.join(map(str, board_paths))}", file=sys.stderr)
+    if stopped:
+        print(f"stopped by {stopped}; run the same command again to resume the interrupted "
+              "runs and start the rest", file=sys.stderr)
+        return 143 if stopped == "SIGTERM" else 130
+    return 1 if failed else 0
+
+
+def write_leaderboard(suite: Suite, jobs: list[Planned], finished: list[Path], out: Path,
+                      pm: PluginManager) -> list[Path]:
+    """Print the suite's leaderboard and comparison; write ``leaderboard.csv`` (every group,
+    mean, std and s.e. per metric), ``comparison.csv`` (one line per published number) and
+    ``leaderboard.md`` under ``out``. Only the suite's own finished runs count."""
+    from harness import leaderboard, published
+    from harness.suites import Match
+
+    frame, metrics = leaderboard.load_runs(finished)
+    if not frame.empty:
+        frame.insert(2, "suite_row", [row_of(run_id, jobs) for run_id in frame["run_id"]])
+    table = leaderboard.aggregate(frame, metrics)
+    print(leaderboard.render(table, metrics, suite.statistic))
+    comparison = published.compare(
+        table, metrics, [suite], published.directions(metrics, pm),
+        assign=lambda columns: [Match(suite, columns["dataset"], columns["suite_row"])])
+    if not comparison.empty:
+        print("\n" + published.render(comparison))
+    paths = [out / "leaderboard.csv", out / "comparison.csv", out / "leaderboard.md"]
+    results.atomic_write_bytes(paths[0], table.to_csv(index=False).encode())
+    results.atomic_write_bytes(paths[1], comparison.to_csv(index=False).encode())
+    markdown = (f"# {suite.name}\n\n{suite.paper}\n\n"
+                + (published.to_markdown(comparison) if not comparison.empty else "")
+                + "\n## All metrics\n\n" + (table.to_markdown(index=False) if not table.empty
+                                             else "(no finished runs)") + "\n")
+    results.atomic_write_bytes(paths[2], markdown.encode())
+    return paths
+
+
+def row_of(run_id: str, jobs: list[Planned]) -> str | None:
+    """The suite row of a run directory's name (``run_name``: it holds the config hash)."""
+    by_hash = {job.config.short_hash(): job.row for job in jobs}
+    return next((by_hash[part] for part in run_id.split("-") if part in by_hash), None)

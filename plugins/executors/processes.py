@@ -1,0 +1,79 @@
+"""Executors on this machine: ``local`` (one run at a time) and ``pool`` (``--jobs N`` at once).
+
+Both run each job in a child process of a ``concurrent.futures.ProcessPoolExecutor`` (spawn
+start method: the suite has already imported torch, and forking a process with torch's
+threads running can deadlock). The children lead their own process groups, so a Ctrl-C in
+the terminal reaches only the suite, which then sends each running child exactly one SIGTERM:
+the run checkpoints at its next step boundary and ends ``interrupted``, ready to be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+from pydantic import Field
+
+from harness.api import Executor, Options
+from harness.jobs import Job, Outcome, run_job
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. a Slurm or cgroup limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _detach() -> None:
+    """In a worker: leave the terminal's process group (Ctrl-C goes to the suite only)."""
+    os.setpgid(0, 0)
+
+
+class PoolOptions(Options):
+    threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="torch CPU threads per run; default: the cores divided among the jobs",
+    )
+
+
+class Pool(Executor):
+    """``--jobs N`` runs at once in child processes of this machine (default N: one per
+    core), each with its share of the cores as torch threads (cores // N, at least 1) so that
+    jobs do not fight over cores."""
+
+    Options = PoolOptions
+
+    def __init__(self, options: PoolOptions, jobs: int | None, log_dir: Path) -> None:
+        super().__init__(options, jobs or available_cores(), log_dir)
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_detach,
+        )
+
+    @property
+    def threads(self) -> int:
+        return self.options.threads or max(1, available_cores() // self.slots)
+
+    def submit(self, job: Job) -> Future[Outcome]:
+        return self.pool.submit(run_job, job)
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError, TypeError):  # gone, or never started
+                os.kill(child.pid, signal.SIGTERM)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Local(Pool):
+    """One run at a time on this machine, with all of its cores (``--jobs`` must be 1)."""
+
+    max_jobs = 1
