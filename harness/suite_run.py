@@ -9,12 +9,8 @@ again in a new directory (the failed one is kept and never counted).
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +30,7 @@ from harness import results
 from harness.api import Executor
 from harness.config import RunConfig, make_config
 from harness.errors import ConfigError, HarnessError, one_line
-from harness.jobs import Job, Outcome
+from harness.jobs import Job, Outcome, interrupt_on_signals
 from harness.manager import PluginManager
 from harness.suites import Suite
 
@@ -174,27 +170,6 @@ class SuiteProgress:
         self.update()
 
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[dict[str, str | None]]:
-    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread; the signal's name
-    is in the yielded dict's ``"signal"``."""
-    state: dict[str, str | None] = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        state["signal"] = signal.Signals(signum).name
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield state
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool) -> tuple[
         list[Outcome], str | None]:
     """Submit every job, collect outcomes as they finish; on Ctrl-C/SIGTERM ask the executor
@@ -203,7 +178,7 @@ def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool) -> tu
     outcomes: list[Outcome] = []
     progress = SuiteProgress(len(jobs), executor.slots, show_progress)
     pending: dict[Future[Outcome], Job] = {}
-    with stop_on_signals() as state, progress.progress:
+    with interrupt_on_signals() as state, progress.progress:
         try:
             for job in jobs:
                 pending[executor.submit(job)] = job
@@ -220,7 +195,8 @@ def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool) -> tu
             for future in list(pending):
                 try:
                     outcome = outcome_of(future, pending.pop(future))
-                except KeyboardInterrupt:
+                except KeyboardInterrupt:  # the second signal: stop the runs at once
+                    executor.stop()
                     break
                 if outcome.status != "interrupted" or outcome.run_dir:
                     outcomes.append(outcome)

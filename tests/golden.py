@@ -30,7 +30,8 @@ COMPOSITIONS: dict[str, list[str]] = {
     "ring-kmeans-recluster": [*RING, "--cond", "kmeans_d", "--cond-opt", "k=10",
                               "--cond-opt", "recluster_every=8", "--cond-opt", "subset=500"],
     "ring-online-uniform": [*RING, "--cond", "online_kmeans", "--prior", "uniform",
-                            "--cond-opt", "k=10", "--cond-opt", "subset=500"],
+                            "--cond-opt", "k=10", "--cond-opt", "subset=500",
+                            "--cond-opt", "step=count"],  # recorded before step=constant
     "grid-gmm-learned-ema": [*RING, "--dataset", "grid", "--prior", "gmm", "--cond", "gmm",
                              "--prior-opt", "num_components=5", "--prior-opt", "learned=true",
                              "--cond-opt", "samples_per_component=50", "--ema-decay", "0.9",

@@ -15,6 +15,7 @@ import os
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -30,9 +31,26 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _detach() -> None:
-    """In a worker: leave the terminal's process group (Ctrl-C goes to the suite only)."""
+_stopped: Any = None
+"""In a worker: the pool's stop event (a ``multiprocessing.Event``)."""
+
+
+def _init_worker(stopped: Any) -> None:
+    """In a worker: leave the terminal's process group (Ctrl-C goes to the suite only) and
+    ignore SIGINT/SIGTERM while idle (``run_job`` handles them while a run is on), so that a
+    stop never kills a worker between runs, which would break the pool."""
+    global _stopped
+    _stopped = stopped
     os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _run_unless_stopped(job: Job) -> Outcome:
+    """``run_job``, unless the suite stopped before this queued job reached a worker."""
+    if _stopped is not None and _stopped.is_set():
+        return Outcome(job.key, "interrupted", None, "not started: the suite was stopped")
+    return run_job(job)
 
 
 class PoolOptions(Options):
@@ -51,19 +69,20 @@ class Pool(Executor):
 
     def __init__(self, options: PoolOptions, jobs: int | None, log_dir: Path) -> None:
         super().__init__(options, jobs or available_cores(), log_dir)
-        self.pool = ProcessPoolExecutor(
-            max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_detach,
-        )
+        context = multiprocessing.get_context("spawn")
+        self.stopped = context.Event()
+        self.pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=context,
+                                        initializer=_init_worker, initargs=(self.stopped,))
 
     @property
     def threads(self) -> int:
         return self.options.threads or max(1, available_cores() // self.slots)
 
     def submit(self, job: Job) -> Future[Outcome]:
-        return self.pool.submit(run_job, job)
+        return self.pool.submit(_run_unless_stopped, job)
 
     def stop(self) -> None:
+        self.stopped.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for child in multiprocessing.active_children():
             with contextlib.suppress(ProcessLookupError, TypeError):  # gone, or never started
@@ -77,3 +96,6 @@ class Local(Pool):
     """One run at a time on this machine, with all of its cores (``--jobs`` must be 1)."""
 
     max_jobs = 1
+
+    def __init__(self, options: PoolOptions, jobs: int | None, log_dir: Path) -> None:
+        super().__init__(options, 1, log_dir)
