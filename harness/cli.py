@@ -637,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing was written
+        print("\ninterrupted before anything was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -96,6 +96,16 @@ def compare(table: pd.DataFrame, metrics: list[str], suites: Iterable[Suite],
     return pd.DataFrame(lines)
 
 
+def statistic_line(part: pd.DataFrame) -> str:
+    """What the ± of one suite's lines mean, e.g. ``paper: mean ± s.e. over 10 trials``."""
+    first = part.iloc[0]
+    stat = STATISTICS[first["statistic"]]
+    trials = f" over {int(first['trials'])} trials" if pd.notna(first["trials"]) else ""
+    paper = (f"mean ± {stat}{trials}" if part["published_spread"].notna().any()
+             else "single values" + trials)
+    return f"paper: {paper}; measured: mean ± {stat} over seeds"
+
+
 def render(comparison: pd.DataFrame) -> str:
     """The comparison as text: a header per suite (source, statistic, trials), then its
     lines; the dataset column shows the paper's dataset for a stand-in."""
@@ -103,11 +113,7 @@ def render(comparison: pd.DataFrame) -> str:
         return ""
     blocks = []
     for suite_name, part in comparison.groupby("suite", sort=False):
-        first = part.iloc[0]
-        trials = f" over {first['trials']} trials" if first["trials"] else ""
-        stat = STATISTICS[first["statistic"]]
-        header = (f"{suite_name}: {first['source']} (paper: mean ± {stat}{trials}; "
-                  f"measured: mean ± {stat} over seeds)")
+        header = f"{suite_name}: {part.iloc[0]['source']}\n{statistic_line(part)}"
         view = part.copy()
         view["dataset"] = [d if d == p else f"{d} (for {p})"
                            for d, p in zip(part["dataset"], part["paper_dataset"], strict=True)]
@@ -122,9 +128,8 @@ def to_markdown(comparison: pd.DataFrame) -> str:
     for suite_name, part in comparison.groupby("suite", sort=False):
         view = part.copy()
         view["difference"] = [f"{d:+.3g}" if not math.isnan(d) else "" for d in part["difference"]]
-        stat = STATISTICS[part.iloc[0]["statistic"]]
-        blocks.append(f"### {suite_name}\n\n{part.iloc[0]['source']}; paper and measured: "
-                      f"mean ± {stat}.\n\n" + view[COLUMNS].to_markdown(index=False))
+        blocks.append(f"### {suite_name}\n\n{part.iloc[0]['source']}.\n{statistic_line(part)}."
+                      "\n\n" + view[COLUMNS].to_markdown(index=False))
     return "\n\n".join(blocks) + "\n"
 
 

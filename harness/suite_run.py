@@ -322,16 +322,17 @@ def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides:
         finally:
             engine.close()
         board_paths = write_leaderboard(suite, jobs, finished, out, pm)
-    failed = [o for o in outcomes if o.status == "failed"]
-    for outcome in failed:
+    unfinished = [o for o in outcomes if o.status != "finished"]
+    for outcome in [] if stopped else unfinished:
         where = f" (see {outcome.run_dir})" if outcome.run_dir else ""
-        print(f"failed: {outcome.key}: {outcome.error}{where}", file=sys.stderr)
+        print(f"{outcome.status}: {outcome.key}: {outcome.error}{where}", file=sys.stderr)
     print(f"wrote {', '.join(map(str, board_paths))}", file=sys.stderr)
+    if stopped or unfinished:
+        print(f"{f'stopped by {stopped}; ' if stopped else ''}run the same command again to "
+              "resume the interrupted runs and run the failed and missing ones", file=sys.stderr)
     if stopped:
-        print(f"stopped by {stopped}; run the same command again to resume the interrupted "
-              "runs and start the rest", file=sys.stderr)
         return 143 if stopped == "SIGTERM" else 130
-    return 1 if failed else 0
+    return 1 if unfinished else 0
 
 
 def write_leaderboard(suite: Suite, jobs: list[Planned], finished: list[Path], out: Path,

@@ -157,6 +157,22 @@ def test_list_and_dry_run(cli, tmp_path):
     assert run_dirs(tmp_path / "out") == []
 
 
+def test_what_a_suite_does_with_the_runs_already_there(tmp_path):
+    from harness.suite_run import Existing, decide
+
+    def run(name, status, started, holder=None):
+        return Existing(tmp_path / name, status, started, 10, holder)
+
+    assert decide([]) == ("new", None, "not run yet")
+    assert decide([run("a", "failed", "1"), run("b", "finished", "3"), run("c", "finished", "2")
+                   ])[:2] == ("skip", tmp_path / "c")  # the earliest finished one counts
+    assert decide([run("a", "interrupted", "1"), run("b", "running", "2")])[:2] == (
+        "resume", tmp_path / "b")  # a dead process's run, the newest
+    assert decide([run("a", "running", "1", holder="process 7")])[0] == "busy"
+    action, where, reason = decide([run("a", "failed", "1")])
+    assert (action, where) == ("new", None) and "failed" in reason
+
+
 # ----------------------------------------------------------------------------- running
 def check_board(out: Path, n_runs: int) -> None:
     assert statuses(out) == ["finished"] * n_runs

@@ -34,20 +34,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import signal
 import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
-from harness.api import Executor, Options
+from harness.api import Options
 from harness.errors import ConfigError, HarnessError, describe
-from harness.jobs import Job, Outcome, run_job
+from harness.jobs import Outcome, run_job
+from harness_plugins.executors.queued import Queued, settle
 
 
 class RayOptions(Options):
@@ -76,7 +75,7 @@ class RayOptions(Options):
         return self
 
 
-class Ray(Executor):
+class Ray(Queued):
     """Each run is a Ray task (pip install 'gan-harness[ray]'): on a local Ray started for the
     suite on this machine, or on the running cluster at ``address``; a task reserves
     ``cpus_per_run`` CPUs (its torch threads) and ``gpus_per_run`` GPUs. ``--jobs N`` hands at
@@ -107,12 +106,8 @@ class Ray(Executor):
         except BaseException:
             self._shutdown()
             raise
-        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._waiting: deque[tuple[Job, Future[Outcome]]] = deque()
         self._running: dict[Any, Future[Outcome]] = {}  # ObjectRef -> the suite's future
-        self._stopping = False
-        self._pump = threading.Thread(target=self._loop, name="harness-ray", daemon=True)
-        self._pump.start()
+        self.start_pump("harness-ray")
 
     # ------------------------------------------------------------------ the Executor API
     @property
@@ -123,22 +118,10 @@ class Ray(Executor):
     def threads(self) -> int:
         return self.options.cpus_per_run
 
-    def submit(self, job: Job) -> Future[Outcome]:
-        future: Future[Outcome] = Future()
-        future.add_done_callback(self._on_done)
-        self._events.put(("submit", job, future))
-        return future
-
-    def stop(self) -> None:
-        # SimpleQueue.put is reentrant: safe even from a signal handler
-        self._events.put(("stop",))
-
     def close(self) -> None:
         """Drop the jobs not yet handed to Ray, wait for the running tasks (shutting Ray down
         would kill them mid-step), then shut down the Ray connection this executor opened."""
-        if self._pump.is_alive():
-            self._events.put(("close",))
-            self._pump.join()
+        super().close()
         self._shutdown()
 
     # ------------------------------------------------------------------ starting Ray
@@ -189,7 +172,7 @@ class Ray(Executor):
             self._ray.shutdown()
 
     # ------------------------------------------------------------------ the pump thread
-    def _loop(self) -> None:
+    def loop(self) -> None:
         """Owns the queue of waiting jobs and the running tasks: every submission, finished
         task, stop and cancellation arrives here as an event, so no Ray call runs in Ray's
         own callback threads and no lock is needed."""
@@ -207,9 +190,9 @@ class Ray(Executor):
                 self._halt()
             elif kind == "close":
                 closing = True
-                self._drop_waiting()
+                self.drop_waiting()
             if self._stopping or closing:
-                self._drop_waiting()
+                self.drop_waiting()
             else:
                 self._dispatch()
 
@@ -221,7 +204,7 @@ class Ray(Executor):
             try:
                 ref = self._task.options(name=job.key).remote(job)
             except Exception as exc:  # noqa: BLE001 - Ray's own failure is the future's
-                _settle(future.set_exception, exc)
+                settle(future.set_exception, exc)
                 continue
             self._running[ref] = future
             ref.future().add_done_callback(
@@ -234,20 +217,16 @@ class Ray(Executor):
         except self._ray.exceptions.TaskCancelledError:  # stopped before it started
             future.cancel()
         except BaseException as exc:  # noqa: BLE001 - e.g. the worker died: the engine's error
-            _settle(future.set_exception, exc)
+            settle(future.set_exception, exc)
         else:
-            _settle(future.set_result, outcome)
+            settle(future.set_result, outcome)
 
     def _halt(self) -> None:
         self._stopping = True
-        self._drop_waiting()
+        self.drop_waiting()
         for ref in self._running:
             with contextlib.suppress(Exception):  # finished meanwhile
                 self._ray.cancel(ref, force=False)
-
-    def _drop_waiting(self) -> None:
-        while self._waiting:
-            self._waiting.popleft()[1].cancel()
 
     def _cancelled(self, future: Future[Outcome]) -> None:
         """The suite cancelled a future whose task is running: stop that run (it
@@ -256,12 +235,6 @@ class Ray(Executor):
             if running is future:
                 with contextlib.suppress(Exception):
                     self._ray.cancel(ref, force=False)
-
-    def _on_done(self, future: Future[Outcome]) -> None:
-        if future.cancelled():
-            # what ProcessPoolExecutor does for a cancelled future: wake wait()/as_completed()
-            future.set_running_or_notify_cancel()
-            self._events.put(("cancelled", future))
 
 
 _TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -278,9 +251,3 @@ def _quiet(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _settle(setter: Any, value: Any) -> None:
-    """Resolve a future unless the suite cancelled it meanwhile."""
-    with contextlib.suppress(InvalidStateError):
-        setter(value)

@@ -38,17 +38,17 @@ import queue
 import shutil
 import signal
 import threading
-from collections import deque
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from harness.api import Executor, Options
+from harness.api import Options
 from harness.errors import ConfigError, describe, one_line
 from harness.jobs import Job, Outcome, run_job
 from harness_plugins.executors.processes import available_cores
+from harness_plugins.executors.queued import Queued, settle
 
 
 class SubmititOptions(Options):
@@ -80,7 +80,7 @@ class SubmititOptions(Options):
     )
 
 
-class Submitit(Executor):
+class Submitit(Queued):
     """Each run is a submitit job (pip install 'gan-harness[submitit]'): a Slurm job with
     ``cpus_per_run`` CPUs (its torch threads), ``gpus_per_run`` GPUs, ``mem_gb`` and
     ``time_min`` on ``partition`` (``cluster=slurm``, the default where Slurm exists), or a
@@ -137,12 +137,8 @@ class Submitit(Executor):
             self._limit = max(1, available_cores() // options.cpus_per_run)
         else:
             self._limit = None  # Slurm queues them
-        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._waiting: deque[tuple[Job, Future[Outcome]]] = deque()
         self._running: dict[Future[Outcome], Any] = {}  # the suite's future -> submitit job
-        self._stopping = False
-        self._pump = threading.Thread(target=self._loop, name="harness-submitit", daemon=True)
-        self._pump.start()
+        self.start_pump("harness-submitit")
 
     # ------------------------------------------------------------------ the Executor API
     @property
@@ -155,26 +151,14 @@ class Submitit(Executor):
     def threads(self) -> int:
         return self.options.cpus_per_run
 
-    def submit(self, job: Job) -> Future[Outcome]:
-        future: Future[Outcome] = Future()
-        future.add_done_callback(self._on_done)
-        self._events.put(("submit", job, future))
-        return future
-
-    def stop(self) -> None:
-        # SimpleQueue.put is reentrant: safe even from a signal handler
-        self._events.put(("stop",))
-
     def close(self) -> None:
         """Drop the jobs not yet submitted. Local jobs run on this machine: wait for them.
         Slurm jobs keep running on the cluster after the suite ends (a later ``harness
         suite`` finds their run directories); their futures stay unresolved."""
-        if self._pump.is_alive():
-            self._events.put(("close",))
-            self._pump.join()
+        super().close()
 
     # ------------------------------------------------------------------ the pump thread
-    def _loop(self) -> None:
+    def loop(self) -> None:
         """Owns the waiting jobs and the submitted ones: submits, polls, stops; the suite's
         calls only queue events for it."""
         closing = False
@@ -191,7 +175,7 @@ class Submitit(Executor):
                 except queue.Empty:
                     event = None
             if self._stopping or closing:
-                self._drop_waiting()
+                self.drop_waiting()
             self._collect()
             if closing and (self.cluster == "slurm" or not self._running):
                 return
@@ -203,7 +187,7 @@ class Submitit(Executor):
             self._waiting.append(event[1:])
         elif kind == "stop":
             self._stopping = True
-            self._drop_waiting()
+            self.drop_waiting()
             for job in self._running.values():
                 self._terminate(job)
         elif kind == "cancelled" and event[1] in self._running:
@@ -220,7 +204,7 @@ class Submitit(Executor):
                     self._executor.update_parameters(name=f"harness:{job.key}")
                     self._running[future] = self._executor.submit(_run_in_job, job)
             except Exception as exc:  # noqa: BLE001 - e.g. sbatch refused: the future's error
-                _settle(future.set_exception, exc)
+                settle(future.set_exception, exc)
 
     def _collect(self) -> None:
         for future, job in list(self._running.items()):
@@ -237,11 +221,11 @@ class Submitit(Executor):
                 if self._stopping:  # dropped before it started, or killed: resumed later
                     future.cancel()
                 else:
-                    _settle(future.set_exception, exc)
+                    settle(future.set_exception, exc)
             except Exception as exc:  # noqa: BLE001 - the engine's error, not the run's
-                _settle(future.set_exception, exc)
+                settle(future.set_exception, exc)
             else:
-                _settle(future.set_result, outcome)
+                settle(future.set_result, outcome)
             del self._running[future]
 
     def _terminate(self, job: Any) -> None:
@@ -253,16 +237,6 @@ class Submitit(Executor):
                 os.kill(int(job.job_id), signal.SIGTERM)
             else:
                 job.cancel(check=False)
-
-    def _drop_waiting(self) -> None:
-        while self._waiting:
-            self._waiting.popleft()[1].cancel()
-
-    def _on_done(self, future: Future[Outcome]) -> None:
-        if future.cancelled():
-            # what ProcessPoolExecutor does for a cancelled future: wake wait()/as_completed()
-            future.set_running_or_notify_cancel()
-            self._events.put(("cancelled", future))
 
 
 # ---------------------------------------------------------------------- in the job
@@ -302,9 +276,3 @@ def _sigint_blocked() -> Any:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _settle(setter: Any, value: Any) -> None:
-    """Resolve a future unless the suite cancelled it meanwhile."""
-    with contextlib.suppress(InvalidStateError):
-        setter(value)
