@@ -403,7 +403,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
-    from harness import leaderboard, published
+    from harness import leaderboard, published, suites
 
     paths = list(args.runs) or [args.results or Path("results")]
     if args.results and args.runs:
@@ -413,6 +413,11 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     if args.compare and group_by and "dataset" not in group_by:
         raise HarnessError(f"--compare {args.compare} matches rows by dataset and method: "
                            f"--group-by {args.group_by} must include dataset")
+    if args.compare and args.compare != "all":
+        suites.get_suite(args.compare)  # an unknown one: an error before any output
+    for flag, path in (("--csv", args.csv), ("--markdown", args.markdown)):
+        if path is not None:
+            check_output_file(flag, path)
     table = leaderboard.aggregate(frame, metrics, group_by)
     print(leaderboard.render(table, metrics, args.stat))
     comparison = print_published(table, metrics, args.compare) if args.compare else None
@@ -424,6 +429,16 @@ def command_leaderboard(args: argparse.Namespace) -> int:
             text += "\n" + published.to_markdown(comparison)
         write_output(args.markdown, "--markdown", text)
     return 0
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """A file the user asked for can be written: not a folder, in a writable folder."""
+    path = Path(path)
+    reason = (f"{path} is a folder" if path.is_dir()
+              else results.unwritable_reason(path.parent))
+    if reason:
+        raise HarnessError(f"{flag} {path}: cannot write the table: {reason} (valid: a file "
+                           "path in a writable folder)")
 
 
 def write_output(path: Path, flag: str, text: str) -> None:
@@ -585,6 +600,8 @@ def add_suite_parser(commands: Any) -> None:
     suite.add_argument("--dry-run", action="store_true",
                        help="list what would run, resume or be skipped, then stop")
     suite.add_argument("--data-root", type=path_arg, help="folder of MNIST / CIFAR-10 data")
+    suite.add_argument("--download", action="store_true",
+                       help="let torchvision download a missing dataset into --data-root")
     suite.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where runs train")
     suite.add_argument("--inception-weights", type=path_arg, metavar="PATH",
                        help="Inception weights file for fid_inception")
@@ -613,7 +630,9 @@ def command_suite(args: argparse.Namespace) -> int:
     env = {INCEPTION_WEIGHTS_ENV: str(args.inception_weights.absolute())} \
         if args.inception_weights else {}
     os.environ.update(env)
-    overrides = {"out": str(out), "progress": False}
+    overrides: dict[str, Any] = {"out": str(out), "progress": False}
+    if args.download:
+        overrides["download"] = True
     for name in ("data_root", "device"):
         if getattr(args, name) is not None:
             overrides[name] = str(getattr(args, name))
@@ -637,8 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before training started: nothing was written
-        print("\ninterrupted before anything was written", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before training, or a suite's third signal
+        print("\ninterrupted", file=sys.stderr)
         return 130
 
 

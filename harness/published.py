@@ -47,8 +47,12 @@ def verdict(difference: float, spread: float, better: str | None) -> str:
 
 
 def number(value: float, spread: float = math.nan) -> str:
+    """``value ± spread`` in 4 and 2 significant digits; a spread below float rounding of
+    the value (``1 ± 1.1e-16``) is 0."""
     if math.isnan(value):
         return ""
+    if not math.isnan(spread) and spread < 1e-12 * abs(value):
+        spread = 0.0
     return f"{value:.4g}" + ("" if math.isnan(spread) else f" ± {spread:.2g}")
 
 
@@ -118,7 +122,10 @@ def render(comparison: pd.DataFrame) -> str:
         view["dataset"] = [d if d == p else f"{d} (for {p})"
                            for d, p in zip(part["dataset"], part["paper_dataset"], strict=True)]
         view["difference"] = [f"{d:+.3g}" if not math.isnan(d) else "" for d in part["difference"]]
-        blocks.append(header + "\n" + view[COLUMNS].to_string(index=False))
+        missing = sorted(set(part.loc[part["measured_mean"].isna(), "metric"]))
+        footer = (f"\n(no run measured {', '.join(missing)}: a metric this composition does "
+                  "not compute, or a published name that matches none)" if missing else "")
+        blocks.append(header + "\n" + view[COLUMNS].to_string(index=False) + footer)
     return "\n\n".join(blocks)
 
 
@@ -128,7 +135,7 @@ def to_markdown(comparison: pd.DataFrame) -> str:
     for suite_name, part in comparison.groupby("suite", sort=False):
         view = part.copy()
         view["difference"] = [f"{d:+.3g}" if not math.isnan(d) else "" for d in part["difference"]]
-        blocks.append(f"### {suite_name}\n\n{part.iloc[0]['source']}.\n{statistic_line(part)}."
+        blocks.append(f"## {suite_name}\n\n{part.iloc[0]['source']}.\n{statistic_line(part)}."
                       "\n\n" + view[COLUMNS].to_markdown(index=False))
     return "\n\n".join(blocks) + "\n"
 

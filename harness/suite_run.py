@@ -9,7 +9,9 @@ again in a new directory (the failed one is kept and never counted).
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from harness import results
 from harness.api import Executor
 from harness.config import RunConfig, make_config
 from harness.errors import ConfigError, HarnessError, one_line
-from harness.jobs import Job, Outcome, interrupt_on_signals
+from harness.jobs import Job, Outcome
 from harness.manager import PluginManager
 from harness.suites import Suite
 
@@ -170,38 +172,61 @@ class SuiteProgress:
         self.update()
 
 
-def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool) -> tuple[
-        list[Outcome], str | None]:
-    """Submit every job, collect outcomes as they finish; on Ctrl-C/SIGTERM ask the executor
-    to stop and wait for the running jobs to checkpoint. Returns the outcomes and the
-    signal that stopped the suite (None if it ran to the end)."""
+class Stopper:
+    """SIGINT and SIGTERM while a suite runs: the first asks the executor to stop its runs at
+    their next step boundary (they checkpoint), the second to stop them at once, a third
+    gives up waiting (``KeyboardInterrupt``). Installed in the main thread only; the
+    previous handlers come back on exit, after the executor is closed."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.signal: str | None = None
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Stopper:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self.handle)
+                             for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.signal = self.signal or signal.Signals(signum).name
+        if self.count > 2:
+            raise KeyboardInterrupt
+        print("\nstopping (" + signal.Signals(signum).name + "): " + (
+            "the running runs checkpoint and stop; a second signal stops them at once"
+            if self.count == 1 else "the running runs stop at once, from their last "
+            "checkpoint; a third signal stops waiting for them"), file=sys.stderr)
+        self.executor.stop()
+
+
+def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool,
+                 stopper: Stopper) -> list[Outcome]:
+    """Submit every job and collect the outcomes as they finish; once ``stopper`` has seen
+    a signal, submit no more and collect the stopping runs' outcomes."""
     outcomes: list[Outcome] = []
     progress = SuiteProgress(len(jobs), executor.slots, show_progress)
     pending: dict[Future[Outcome], Job] = {}
-    with interrupt_on_signals() as state, progress.progress:
-        try:
-            for job in jobs:
-                pending[executor.submit(job)] = job
-            while pending:
-                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                for future in done:
-                    outcomes.append(outcome_of(future, pending.pop(future)))
-                    progress.record(outcomes[-1])
-                progress.update()
-        except KeyboardInterrupt:
-            print(f"\nstopping ({state['signal'] or 'interrupted'}): the running runs "
-                  "checkpoint and stop; a second signal stops at once", file=sys.stderr)
-            executor.stop()
-            for future in list(pending):
-                try:
-                    outcome = outcome_of(future, pending.pop(future))
-                except KeyboardInterrupt:  # the second signal: stop the runs at once
-                    executor.stop()
-                    break
-                if outcome.status != "interrupted" or outcome.run_dir:
+    with progress.progress:
+        for job in jobs:
+            if stopper.count:
+                break
+            pending[executor.submit(job)] = job
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome = outcome_of(future, pending.pop(future))
+                if outcome.run_dir or outcome.status != "interrupted":  # not just cancelled
                     outcomes.append(outcome)
-            return outcomes, state["signal"] or "SIGINT"
-    return outcomes, None
+                    progress.record(outcome)
+            progress.update()
+    return outcomes
 
 
 def outcome_of(future: Future[Outcome], job: Job) -> Outcome:
@@ -210,8 +235,6 @@ def outcome_of(future: Future[Outcome], job: Job) -> Outcome:
         return Outcome(job.key, "interrupted", None, "cancelled before it started")
     try:
         return future.result()
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:  # noqa: BLE001 - the engine's own failure, e.g. a dead worker
         return Outcome(job.key, "failed", None, one_line(f"{type(exc).__name__}: {exc}"))
 
@@ -248,17 +271,21 @@ def check_compositions(jobs: list[Planned], pm: PluginManager) -> None:
 
 
 def run_plan(jobs: list[Planned], executor: Executor, out: Path, env: dict[str, str],
-             show_progress: bool) -> tuple[list[Path], list[Outcome], str | None]:
-    """Run the plan's missing jobs; return the finished run directories (skipped and new),
-    every outcome, and the signal that stopped the suite early, if one did."""
+             show_progress: bool, stopper: Stopper) -> tuple[list[Path], list[Outcome]]:
+    """Run the plan's missing jobs; return the finished run directories (skipped and new)
+    and every outcome."""
     todo = [make_job(j, out, env) for j in jobs if j.action in ("new", "resume")]
     start = time.perf_counter()
-    outcomes, stopped = execute_jobs(executor, todo, show_progress) if todo else ([], None)
+    outcomes = execute_jobs(executor, todo, show_progress, stopper) if todo else []
     if todo:
-        print(f"ran {len(todo)} job(s) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        counts = {s: sum(o.status == s for o in outcomes)
+                  for s in ("finished", "interrupted", "failed")}
+        counts["not started"] = len(todo) - len(outcomes)
+        print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(todo)} "
+              f"run(s) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     finished = [j.run_dir for j in jobs if j.action == "skip" and j.run_dir]
     finished += [Path(o.run_dir) for o in outcomes if o.status == "finished" and o.run_dir]
-    return finished, outcomes, stopped
+    return finished, outcomes
 
 
 # ----------------------------------------------------------------------------- the command
@@ -270,10 +297,15 @@ def format_list(suites: dict[str, Suite]) -> str:
                  f"  rows: {', '.join(suite.rows)}; datasets: {', '.join(suite.datasets)}"]
         for name, profile in suite.profiles.items():
             datasets = suite.profile_datasets(name)
-            lines.append(f"  --profile {name}: {suite.size(name)} runs ({len(suite.rows)} rows x "
-                         f"{len(datasets)} datasets x {profile.seeds} seeds): {profile.note}")
+            lines.append(f"  --profile {name}: {suite.size(name)} runs "
+                         f"({plural(len(suite.rows), 'row')} x {plural(len(datasets), 'dataset')}"
+                         f" x {plural(profile.seeds, 'seed')}): {profile.note}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("s" if n != 1 else "")
 
 
 def check_executor(pm: PluginManager, name: str, options: dict[str, Any],
@@ -311,17 +343,28 @@ def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides:
     if dry_run:
         print(format_plan(jobs))
         return 0
+    for job in jobs:
+        if job.action == "busy":
+            print(f"warning: {job.key}: {job.run_dir} is {job.reason}; not run now (run the "
+                  "suite again once it is free)", file=sys.stderr)
+    print(format_plan(jobs).splitlines()[-1], file=sys.stderr)
     name, options, slots = executor
-    out.mkdir(parents=True, exist_ok=True)
-    with results.RunLock(out, "results folder", "then run the suite again"):
-        engine = build_executor(pm, name, options, slots, out / LOGS)
-        try:
-            for job in jobs:
-                job.config = job.config.model_copy(update={"threads": engine.threads})
-            finished, outcomes, stopped = run_plan(jobs, engine, out, env, show_progress)
-        finally:
-            engine.close()
-        board_paths = write_leaderboard(suite, jobs, finished, out, pm)
+    engine = build_executor(pm, name, options, slots, out / LOGS)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with results.RunLock(out, "results folder", "then run the suite again"), \
+                Stopper(engine) as stopper:
+            try:
+                for job in jobs:
+                    job.config = job.config.model_copy(update={"threads": engine.threads})
+                finished, outcomes = run_plan(jobs, engine, out, env, show_progress, stopper)
+            finally:
+                engine.close()
+            stopped = stopper.signal
+            board_paths = write_leaderboard(suite, jobs, finished, out, pm)
+    except BaseException:
+        engine.close()  # idempotent: released before the lock, or never used
+        raise
     unfinished = [o for o in outcomes if o.status != "finished"]
     for outcome in [] if stopped else unfinished:
         where = f" (see {outcome.run_dir})" if outcome.run_dir else ""
@@ -351,13 +394,17 @@ def write_leaderboard(suite: Suite, jobs: list[Planned], finished: list[Path], o
     comparison = published.compare(
         table, metrics, [suite], published.directions(metrics, pm),
         assign=lambda columns: [Match(suite, columns["dataset"], columns["suite_row"])])
-    if not comparison.empty:
+    if not comparison.empty:  # in the suite's order of datasets and rows
+        datasets = list(dict.fromkeys([*suite.datasets, *comparison["dataset"]]))
+        comparison = comparison.assign(
+            order_d=comparison["dataset"].map(datasets.index),
+            order_r=comparison["row"].map(list(suite.rows).index),
+        ).sort_values(["order_d", "order_r"], kind="stable").drop(columns=["order_d", "order_r"])
         print("\n" + published.render(comparison))
     paths = [out / "leaderboard.csv", out / "comparison.csv", out / "leaderboard.md"]
     results.atomic_write_bytes(paths[0], table.to_csv(index=False).encode())
     results.atomic_write_bytes(paths[1], comparison.to_csv(index=False).encode())
-    markdown = (f"# {suite.name}\n\n{suite.paper}\n\n"
-                + (published.to_markdown(comparison) if not comparison.empty else "")
+    markdown = ((published.to_markdown(comparison) if not comparison.empty else "")
                 + "\n## All metrics\n\n" + (table.to_markdown(index=False) if not table.empty
                                              else "(no finished runs)") + "\n")
     results.atomic_write_bytes(paths[2], markdown.encode())

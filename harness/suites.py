@@ -29,7 +29,14 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.config import RunConfig, describe_validation_error, make_config
 from harness.errors import ConfigError, HarnessError, describe
@@ -39,7 +46,7 @@ Settings = dict[str, Any]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Row(Strict):
@@ -76,12 +83,27 @@ class Suite(Strict):
     stand_ins: dict[str, str] = {}
     note: str = ""
 
-    @field_validator("profiles")
-    @classmethod
-    def _has_paper_and_quick(cls, v: dict[str, Profile]) -> dict[str, Profile]:
-        missing = {"paper", "quick"} - set(v)
+    @model_validator(mode="after")
+    def _has_paper_and_quick(self) -> Suite:
+        missing = sorted({"paper", "quick"} - set(self.profiles))
         if missing:
             raise ValueError(f"needs profiles paper and quick (missing: {', '.join(missing)})")
+        return self
+
+    @field_validator("published")
+    @classmethod
+    def _published_cells(cls, v: Published) -> Published:
+        for dataset, rows in v.items():
+            for row, cells in rows.items():
+                for metric, value in cells.items():
+                    values = value if isinstance(value, list) else [value]
+                    where = f"published.{dataset}.{row}.{metric} = {value!r}"
+                    if not 1 <= len(values) <= 2:
+                        raise ValueError(f"{where}: give a mean or [mean, spread]")
+                    if not all(math.isfinite(x) for x in values):
+                        raise ValueError(f"{where}: not a finite number")
+                    if len(values) == 2 and values[1] < 0:
+                        raise ValueError(f"{where}: a spread cannot be negative")
         return v
 
     def method(self, dataset: str, row: str) -> Settings:
@@ -161,29 +183,40 @@ def check_references(suite: Suite) -> None:
     """Every row, dataset and setting a suite names exists (components are checked later,
     against the installed plugins, by ``harness suite``)."""
     where = f"suite {suite.name!r}"
-    for profile_name, profile in suite.profiles.items():
-        for row in profile.rows:
-            if row not in suite.rows:
-                raise ConfigError(f"{where}: profile {profile_name!r} sets row {row!r}, which is "
-                                  f"not a row (valid: {', '.join(suite.rows)})")
+    datasets = {d for p in suite.profiles for d in suite.profile_datasets(p)}
     for dataset, rows in suite.published.items():
+        if dataset not in datasets | set(suite.stand_ins.values()):
+            raise ConfigError(f"{where}: published numbers for dataset {dataset!r}, which no "
+                              f"profile runs (valid: {', '.join(sorted(datasets))})")
         for row in rows:
             if row not in suite.rows:
                 raise ConfigError(f"{where}: published numbers for {dataset}/{row}, which is not"
                                   f" a row (valid: {', '.join(suite.rows)})")
-    for profile_name in suite.profiles:
-        for dataset in suite.profile_datasets(profile_name):
+    layers = [("settings", suite.settings)]
+    layers += [(f"dataset_settings.{d}", v) for d, v in suite.dataset_settings.items()]
+    layers += [(f"rows.{r}.settings", row.settings) for r, row in suite.rows.items()]
+    for name, profile in suite.profiles.items():
+        for row in profile.rows:
+            if row not in suite.rows:
+                raise ConfigError(f"{where}: profile {name!r} sets row {row!r}, which is "
+                                  f"not a row (valid: {', '.join(suite.rows)})")
+        layers += [(f"profiles.{name}.settings", profile.settings)]
+        layers += [(f"profiles.{name}.dataset_settings.{d}", v)
+                   for d, v in profile.dataset_settings.items()]
+        layers += [(f"profiles.{name}.rows.{r}", v) for r, v in profile.rows.items()]
+    for layer, settings in layers:
+        unknown = set(settings) - set(RunConfig.model_fields)
+        if unknown:
+            raise ConfigError(f"{where}: {layer}: unknown setting(s) "
+                              f"{', '.join(sorted(unknown))} (valid: the fields of harness run "
+                              "--help, e.g. steps, cond, cond_options)")
+    for name in suite.profiles:
+        for dataset in suite.profile_datasets(name):
             for row in suite.rows:
-                values = suite.config_values(profile_name, dataset, row, 0)
-                unknown = set(values) - set(RunConfig.model_fields)
-                if unknown:
-                    raise ConfigError(
-                        f"{where}, row {row!r}: unknown setting(s) {', '.join(sorted(unknown))} "
-                        "(valid: the fields of harness run --help)")
                 try:
-                    make_config(values)
+                    make_config(suite.config_values(name, dataset, row, 0))
                 except ConfigError as exc:
-                    raise ConfigError(f"{where}, profile {profile_name!r}, {dataset}/{row}: "
+                    raise ConfigError(f"{where}, profile {name!r}, {dataset}/{row}: "
                                       f"{exc}") from None
 
 

@@ -176,12 +176,12 @@ def test_leaderboard_compares_with_published_numbers(cli, tmp_path):
     assert result.code == 0
     lines = result.out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("liu2020-table1: "))
-    assert "mean ± s.e. over 10 trials" in lines[header]
-    columns = lines[header + 1].split()
+    assert "mean ± s.e. over 10 trials" in lines[header + 1]
+    columns = lines[header + 2].split()
     assert columns[:3] == ["dataset", "method", "seeds"] and "verdict" in columns
-    modes = next(line for line in lines[header + 2:] if " modes " in line)
+    modes = next(line for line in lines[header + 3:] if " modes " in line)
     assert "GAN" in modes and "6.3 ± 0.5" in modes and "higher" in modes
-    rkl = next(line for line in lines[header + 2:] if " rkl " in line)
+    rkl = next(line for line in lines[header + 3:] if " rkl " in line)
     assert "0.45 ± 0.09" in rkl and "lower" in rkl
     bad = cli("leaderboard", tmp_path, "--compare", "liu2021")
     assert bad.code == 2 and "liu2020-table1" in bad.err

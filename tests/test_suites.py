@@ -90,6 +90,10 @@ def test_every_shipped_suite_is_valid_and_names_installed_plugins():
     assert suites["liu2020-table2"].paper_dataset("stacked_digits") == "stacked_mnist"
 
 
+BASE = ('[suite.x]\npaper = "p"\nstatistic = "sem"\ndatasets = ["ring"]\nrows.a = { label = "A" }\n'
+        'profiles.quick = { note = "q", seeds = 1 }\nprofiles.paper = { note = "p", seeds = 1 }\n')
+
+
 @pytest.mark.parametrize(("bad", "message"), [
     ('[suite.x]\npaper = "p"\nstatistic = "sem"\ndatasets = ["ring"]\nrows.a = { label = "A" }\n'
      'profiles.quick = { note = "q", seeds = 1 }\n', "needs profiles paper and quick"),
@@ -106,6 +110,14 @@ def test_every_shipped_suite_is_valid_and_names_installed_plugins():
     ('[suite.x]\npaper = "p"\nstatistic = "sem"\ndatasets = ["ring"]\nrows.a = { label = "A" }\n'
      'profiles.quick = { note = "q", seeds = 1 }\nprofiles.paper = { note = "p", seeds = 1 }\n'
      'published.ring.b = { modes = 8 }\n', "published numbers for ring/b"),
+    *[(BASE + f"published.{cell}\n", message) for cell, message in [
+        ("ring.a = { modes = nan }", "Input should be a finite number"),
+        ("ring.a = { modes = [6.3, -0.5] }", "a spread cannot be negative"),
+        ("ring.a = { modes = [6.3, 0.5, 1] }", "give a mean or [mean, spread]"),
+        ("rign.a = { modes = 8 }", "dataset 'rign', which no profile runs"),
+    ]],
+    (BASE.replace('seeds = 1 }\nprofiles.paper', 'seeds = 1, settings = { stepz = 1 } }\n'
+                  'profiles.paper'), "profiles.quick.settings: unknown setting(s) stepz"),
 ])
 def test_malformed_suites_are_one_line_errors(bad, message):
     with pytest.raises(ConfigError, match=None) as caught:
@@ -194,7 +206,7 @@ def test_a_suite_through_local_then_again_skips_everything(cli, tmp_path):
     assert "tiny: Liu et al. 2020, Table 1 (two of its rows)" in first.out
     again = cli(*suite_cmd(file, out))
     assert again.code == 0 and len(run_dirs(out)) == 2
-    assert "ran " not in again.err  # nothing to run: both finished
+    assert "run(s) finished in" not in again.err  # nothing to run: both finished
 
 
 def test_a_suite_through_a_process_pool(cli, tmp_path):
@@ -304,7 +316,7 @@ def test_the_quickstart_run_shows_the_papers_row_and_budget(cli, tmp_path):
     result = cli("run", *FAST, "--out", tmp_path)
     assert result.code == 0
     assert "liu2020-table1: Liu et al. 2020" in result.out
-    line = next(row for row in result.out.splitlines() if " hq_pct " in row)
+    line = next(row for row in result.out.splitlines() if " hq_pct " in row and "Self" in row)
     assert "Self-conditioned (k=50)" in line and "30 of 100k steps" in line
     assert "99.5 ± 0.3" in line
 

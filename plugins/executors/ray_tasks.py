@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -135,6 +136,7 @@ class Ray(Queued):
         else:
             kwargs["address"] = options.address
             where = f"connect to the Ray cluster at {options.address}"
+            check_reachable(options.address)
         main = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGTERM) if main else None
         try:
@@ -251,3 +253,21 @@ def _quiet(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line when ``HOST:PORT`` (or ``ray://HOST:PORT``) does not accept a TCP
+    connection within ``timeout_s``: ``ray.init`` would otherwise retry for minutes.
+    ``auto`` and other forms are left to Ray, which fails fast on them."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host or "localhost", int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"executor 'ray': cannot reach a Ray cluster at {address} "
+                          f"({reason}) (valid: address=auto on a node of a running cluster, "
+                          "HOST:6379 of its head, ray://HOST:10001, or unset for a local Ray)"
+                          ) from None
