@@ -234,7 +234,7 @@ def test_a_suite_through_ray_and_submitit(cli, tmp_path, engine):
 def test_a_killed_suite_finishes_only_the_missing_runs(tmp_path):
     """SIGTERM to ``harness suite`` mid-run: the running run checkpoints and is marked
     interrupted; the same command then resumes it and starts only what never ran."""
-    file, out = tiny_file(tmp_path, seeds=2, steps=800, recluster=400), tmp_path / "out"
+    file, out = tiny_file(tmp_path, seeds=2, steps=400, recluster=200), tmp_path / "out"
     cmd = [sys.executable, "-m", "harness.cli", *suite_cmd(file, out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
