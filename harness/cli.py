@@ -308,26 +308,31 @@ def execute(run: Any, resume: dict[str, Any] | None) -> int:
     frame, metrics = leaderboard.load_runs([directory])
     table = leaderboard.aggregate(frame, metrics)
     print(leaderboard.render(table, metrics))
-    print_published(table, metrics, "all")
+    print_published(table, metrics, shipped_suites("all"))
     return 0
 
 
-def print_published(table: Any, metrics: list[str], suite_name: str) -> Any:
-    """Print the published numbers of the suite rows the leaderboard's groups follow
-    (``suite_name``: one suite, or ``all``); return the comparison frame."""
-    from harness import published, suites
+def shipped_suites(name: str) -> list[Any]:
+    """The shipped suite ``name``, or all of them for ``all``; an unknown name is an error."""
+    from harness import suites
 
     everything = suites.registry_suites()
-    chosen = everything.values() if suite_name == "all" else [
-        suites.get_suite(suite_name, everything)]
+    return list(everything.values()) if name == "all" else [suites.get_suite(name, everything)]
+
+
+def print_published(table: Any, metrics: list[str], chosen: list[Any]) -> Any:
+    """Print the published numbers of the ``chosen`` suites' rows that the leaderboard's
+    groups follow; return the comparison frame (None for an empty table)."""
+    from harness import published
+
     if table.empty:
         return None
     comparison = published.compare(table, metrics, chosen,
                                    published.directions(metrics, get_plugin_manager()))
     if not comparison.empty:
         print("\n" + published.render(comparison))
-    elif suite_name != "all":
-        print(f"\n(no run follows a row of {suite_name}; its rows: "
+    elif len(chosen) == 1:
+        print(f"\n(no run follows a row of {chosen[0].name}; its rows: "
               f"{', '.join(chosen[0].rows)})")
     return comparison
 
@@ -403,7 +408,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
-    from harness import leaderboard, published, suites
+    from harness import leaderboard, published
 
     paths = list(args.runs) or [args.results or Path("results")]
     if args.results and args.runs:
@@ -413,14 +418,13 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     if args.compare and group_by and "dataset" not in group_by:
         raise HarnessError(f"--compare {args.compare} matches rows by dataset and method: "
                            f"--group-by {args.group_by} must include dataset")
-    if args.compare and args.compare != "all":
-        suites.get_suite(args.compare)  # an unknown one: an error before any output
+    chosen = shipped_suites(args.compare) if args.compare else None  # before any output
     for flag, path in (("--csv", args.csv), ("--markdown", args.markdown)):
         if path is not None:
             check_output_file(flag, path)
     table = leaderboard.aggregate(frame, metrics, group_by)
     print(leaderboard.render(table, metrics, args.stat))
-    comparison = print_published(table, metrics, args.compare) if args.compare else None
+    comparison = print_published(table, metrics, chosen) if chosen else None
     if args.csv:
         write_output(args.csv, "--csv", table.to_csv(index=False))
     if args.markdown:

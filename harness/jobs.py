@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from harness.signals import on_stop_signals, raise_interrupt
 
 Status = Literal["finished", "failed", "interrupted"]
 
@@ -65,7 +64,7 @@ def run_job(job: Job) -> Outcome:
     """
     start = time.perf_counter()
     os.environ.update(job.env)
-    with _output_to(job.log), interrupt_on_signals():
+    with _output_to(job.log), on_stop_signals(raise_interrupt):
         directory: Path | None = None
         try:
             directory = _train(job)
@@ -141,26 +140,3 @@ def _output_to(log: str | None) -> Any:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-
-
-@contextlib.contextmanager
-def interrupt_on_signals() -> Iterator[dict[str, str | None]]:
-    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` (in the main thread only; elsewhere
-    this does nothing); the yielded dict's ``"signal"`` names the signal that came. The
-    trainer's own handlers (stop at the step boundary, checkpoint) take over while it trains.
-    The previous handlers are restored after."""
-    state: dict[str, str | None] = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        state["signal"] = signal.Signals(signum).name
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield state
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -7,7 +7,6 @@ warning; the table is always built from the rest.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import math
 import os
@@ -275,11 +274,11 @@ def render(table: pd.DataFrame, metrics: list[str], stat: str = "std") -> str:
 
 
 def mean_std(mean: float, std: float) -> str:
-    """``mean ± std``; only the mean for one seed (no std), empty when no run has the metric."""
+    """``mean ± std`` in 4 and 2 significant digits; only the mean for one seed (no std),
+    empty when no run has the metric. A spread below float rounding of the mean (``1 ±
+    1.1e-16``) is 0."""
     if math.isnan(mean):
         return ""
-    return f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
-
-
-REGISTRY = importlib.resources.files("harness") / "registry.toml"
-"""The catalogue of built-in plugins and published tables, shipped inside the package."""
+    if math.isnan(std):
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {0.0 if std < 1e-12 * abs(mean) else std:.2g}"

@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.config import RunConfig
 from harness.errors import HarnessError
+from harness.leaderboard import mean_std
 from harness.manager import PluginManager
 from harness.suites import Match, Suite, matching_rows, metric_for
 
@@ -44,16 +45,6 @@ def verdict(difference: float, spread: float, better: str | None) -> str:
     if better is None:
         return "outside"
     return "better" if (difference > 0) == (better == "higher") else "worse"
-
-
-def number(value: float, spread: float = math.nan) -> str:
-    """``value ± spread`` in 4 and 2 significant digits; a spread below float rounding of
-    the value (``1 ± 1.1e-16``) is 0."""
-    if math.isnan(value):
-        return ""
-    if not math.isnan(spread) and spread < 1e-12 * abs(value):
-        spread = 0.0
-    return f"{value:.4g}" + ("" if math.isnan(spread) else f" ± {spread:.2g}")
 
 
 def compare(table: pd.DataFrame, metrics: list[str], suites: Iterable[Suite],
@@ -92,8 +83,8 @@ def compare(table: pd.DataFrame, metrics: list[str], suites: Iterable[Suite],
                     "measured_mean": measured, "measured_spread": measured_spread,
                     "published_mean": mean, "published_spread": spread,
                     "statistic": stat, "trials": suite.trials, "difference": difference,
-                    "measured": number(measured, measured_spread if n > 1 else math.nan),
-                    "paper": number(mean, spread),
+                    "measured": mean_std(measured, measured_spread if n > 1 else math.nan),
+                    "paper": mean_std(mean, spread),
                     "verdict": "" if math.isnan(measured) else verdict(difference, spread, better),
                     "source": suite.paper, "suite": suite.name,
                 })

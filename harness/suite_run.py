@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -29,11 +28,12 @@ from rich.progress import (
 )
 
 from harness import results
-from harness.api import Executor
+from harness.api import Executor, Options
 from harness.config import RunConfig, make_config
 from harness.errors import ConfigError, HarnessError, one_line
 from harness.jobs import Job, Outcome
 from harness.manager import PluginManager
+from harness.signals import on_stop_signals
 from harness.suites import Suite
 
 Action = Literal["skip", "resume", "new", "busy"]
@@ -124,12 +124,16 @@ def plan(suite: Suite, profile: str, seeds: int, values_for: Any, out: Path) -> 
 
 
 def format_plan(jobs: list[Planned]) -> str:
+    """``--dry-run``: one line per job (action, key, why), then ``plan_summary``."""
     width = max(len(job.key) for job in jobs)
     lines = [f"{job.action:<6} {job.key:<{width}}  {job.reason}" for job in jobs]
+    return "\n".join([*lines, plan_summary(jobs)])
+
+
+def plan_summary(jobs: list[Planned]) -> str:
     counts = {a: sum(job.action == a for job in jobs) for a in ("new", "resume", "skip", "busy")}
-    lines.append(f"{len(jobs)} runs: {counts['new']} to start, {counts['resume']} to resume, "
-                 f"{counts['skip']} finished, {counts['busy']} in use elsewhere")
-    return "\n".join(lines)
+    return (f"{len(jobs)} runs: {counts['new']} to start, {counts['resume']} to resume, "
+            f"{counts['skip']} finished, {counts['busy']} in use elsewhere")
 
 
 def make_job(planned: Planned, out: Path, env: dict[str, str]) -> Job:
@@ -175,24 +179,13 @@ class SuiteProgress:
 class Stopper:
     """SIGINT and SIGTERM while a suite runs: the first asks the executor to stop its runs at
     their next step boundary (they checkpoint), the second to stop them at once, a third
-    gives up waiting (``KeyboardInterrupt``). Installed in the main thread only; the
-    previous handlers come back on exit, after the executor is closed."""
+    gives up waiting (``KeyboardInterrupt``). ``handle`` is installed with
+    ``on_stop_signals`` until the executor is closed."""
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
         self.signal: str | None = None
         self.count = 0
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> Stopper:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self.handle)
-                             for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self.previous.items():
-            signal.signal(sig, old)
 
     def handle(self, signum: int, frame: Any) -> None:
         self.count += 1
@@ -241,12 +234,9 @@ def outcome_of(future: Future[Outcome], job: Job) -> Outcome:
 
 def build_executor(pm: PluginManager, name: str, options: dict[str, Any], jobs: int | None,
                    log_dir: Path) -> Executor:
-    """The executor plugin ``name`` with validated options; a missing engine (Ray,
+    """The executor plugin ``name`` (checked by ``check_executor``); a missing engine (Ray,
     submitit) is a one-line ``ConfigError`` naming the extra to install."""
-    from harness.build import validate_options
-
-    cls = pm.get("executors", name).load()
-    opts = validate_options("executor", name, cls, options)
+    cls, opts = check_executor(pm, name, options, jobs)
     return cls(opts, jobs, log_dir)
 
 
@@ -309,16 +299,17 @@ def plural(n: int, noun: str) -> str:
 
 
 def check_executor(pm: PluginManager, name: str, options: dict[str, Any],
-                   jobs: int | None) -> None:
-    """The executor exists, its options are valid and it can run ``jobs`` runs at once
-    (checked before anything is planned)."""
+                   jobs: int | None) -> tuple[type[Executor], Options]:
+    """The executor's class and validated options, after checking that it can run ``jobs``
+    runs at once (called before anything is planned, and again to build it)."""
     from harness.build import validate_options
 
     cls = pm.get("executors", name).load()
-    validate_options("executor", name, cls, options)
+    opts = validate_options("executor", name, cls, options)
     if jobs is not None and cls.max_jobs is not None and jobs > cls.max_jobs:
         raise ConfigError(f"--jobs {jobs}: executor {name!r} runs at most {cls.max_jobs} at "
                           "a time (valid: --jobs 1, or --executor pool for several at once)")
+    return cls, opts
 
 
 def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides: dict[str, Any],
@@ -347,13 +338,14 @@ def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides:
         if job.action == "busy":
             print(f"warning: {job.key}: {job.run_dir} is {job.reason}; not run now (run the "
                   "suite again once it is free)", file=sys.stderr)
-    print(format_plan(jobs).splitlines()[-1], file=sys.stderr)
+    print(plan_summary(jobs), file=sys.stderr)
     name, options, slots = executor
     engine = build_executor(pm, name, options, slots, out / LOGS)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        stopper = Stopper(engine)
         with results.RunLock(out, "results folder", "then run the suite again"), \
-                Stopper(engine) as stopper:
+                on_stop_signals(stopper.handle):
             try:
                 for job in jobs:
                     job.config = job.config.model_copy(update={"threads": engine.threads})
@@ -388,7 +380,8 @@ def write_leaderboard(suite: Suite, jobs: list[Planned], finished: list[Path], o
 
     frame, metrics = leaderboard.load_runs(finished)
     if not frame.empty:
-        frame.insert(2, "suite_row", [row_of(run_id, jobs) for run_id in frame["run_id"]])
+        by_hash = {job.config.short_hash(): job.row for job in jobs}
+        frame.insert(2, "suite_row", [row_of(run_id, by_hash) for run_id in frame["run_id"]])
     table = leaderboard.aggregate(frame, metrics)
     print(leaderboard.render(table, metrics, suite.statistic))
     comparison = published.compare(
@@ -411,7 +404,7 @@ def write_leaderboard(suite: Suite, jobs: list[Planned], finished: list[Path], o
     return paths
 
 
-def row_of(run_id: str, jobs: list[Planned]) -> str | None:
-    """The suite row of a run directory's name (``run_name``: it holds the config hash)."""
-    by_hash = {job.config.short_hash(): job.row for job in jobs}
+def row_of(run_id: str, by_hash: dict[str, str]) -> str | None:
+    """The suite row of a run directory's name (``run_name``: it holds the config hash),
+    given the rows by config hash."""
     return next((by_hash[part] for part in run_id.split("-") if part in by_hash), None)

@@ -20,6 +20,7 @@ a run's configuration contains.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import tomllib
@@ -220,10 +221,12 @@ def check_references(suite: Suite) -> None:
                                       f"{exc}") from None
 
 
+REGISTRY = importlib.resources.files("harness") / "registry.toml"
+"""The catalogue of built-in plugins and published tables, shipped inside the package."""
+
+
 def registry_suites() -> dict[str, Suite]:
     """The suites shipped in the package's ``registry.toml``."""
-    from harness.leaderboard import REGISTRY
-
     return load_suites(REGISTRY.read_text(encoding="utf-8"))
 
 

@@ -7,7 +7,6 @@ import copy
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from harness import results
 from harness.api import Metric
 from harness.errors import Diverged, MetricError, describe, one_line
 from harness.run import EVAL_BATCH, Run
+from harness.signals import on_stop_signals
 from harness.step import TrainingStep
 
 
@@ -187,23 +187,14 @@ class Trainer:
         training loop the first one sets ``run.stop_requested`` (stop, checkpoint and raise
         ``KeyboardInterrupt`` at the step boundary); elsewhere, or a second one, raises
         ``KeyboardInterrupt`` at once. Main thread only; handlers are restored after."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
         def request_stop(signum: int, frame: Any) -> None:
             self.run.stop_signal = signal.Signals(signum).name
             if self.run.stop_requested or not self.in_loop:
                 raise KeyboardInterrupt
             self.run.stop_requested = True
 
-        signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, request_stop) for sig in signals}
-        try:
+        with on_stop_signals(request_stop):
             yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Any]:

@@ -10,6 +10,7 @@ import queue
 import threading
 from abc import abstractmethod
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ class Queued(Executor):
         super().__init__(options, jobs, log_dir)
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._waiting: deque[tuple[Job, Future[Outcome]]] = deque()
+        self._running: dict[Any, Any] = {}
+        """The jobs handed to the engine, keyed as the subclass needs."""
         self._stopping = False
         self._pump: threading.Thread | None = None
 
@@ -54,6 +57,15 @@ class Queued(Executor):
         if self._pump is not None and self._pump.is_alive():
             self._events.put(("close",))
             self._pump.join()
+
+    def ready(self, limit: int | None) -> Iterator[tuple[Job, Future[Outcome]]]:
+        """The waiting jobs to hand to the engine now, oldest first, while fewer than
+        ``limit`` run (None: no bound); those the suite cancelled meanwhile are dropped.
+        The caller adds each job it starts to ``_running`` before taking the next."""
+        while self._waiting and (limit is None or len(self._running) < limit):
+            job, future = self._waiting.popleft()
+            if not future.cancelled():
+                yield job, future
 
     def drop_waiting(self) -> None:
         """Cancel the futures of the jobs not yet handed to the engine."""

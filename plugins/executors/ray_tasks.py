@@ -107,7 +107,7 @@ class Ray(Queued):
         except BaseException:
             self._shutdown()
             raise
-        self._running: dict[Any, Future[Outcome]] = {}  # ObjectRef -> the suite's future
+        self._running: dict[Any, Future[Outcome]]  # ObjectRef -> the suite's future
         self.start_pump("harness-ray")
 
     # ------------------------------------------------------------------ the Executor API
@@ -199,10 +199,7 @@ class Ray(Queued):
                 self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._waiting and (self.jobs is None or len(self._running) < self.jobs):
-            job, future = self._waiting.popleft()
-            if future.cancelled():  # by the suite, while it waited here
-                continue
+        for job, future in self.ready(self.jobs):
             try:
                 ref = self._task.options(name=job.key).remote(job)
             except Exception as exc:  # noqa: BLE001 - Ray's own failure is the future's

@@ -137,7 +137,7 @@ class Submitit(Queued):
             self._limit = max(1, available_cores() // options.cpus_per_run)
         else:
             self._limit = None  # Slurm queues them
-        self._running: dict[Future[Outcome], Any] = {}  # the suite's future -> submitit job
+        self._running: dict[Future[Outcome], Any]  # the suite's future -> submitit job
         self.start_pump("harness-submitit")
 
     # ------------------------------------------------------------------ the Executor API
@@ -195,10 +195,7 @@ class Submitit(Queued):
         return kind == "close"
 
     def _dispatch(self) -> None:
-        while self._waiting and (self._limit is None or len(self._running) < self._limit):
-            job, future = self._waiting.popleft()
-            if future.cancelled():  # by the suite, while it waited here
-                continue
+        for job, future in self.ready(self._limit):
             try:
                 with _sigint_blocked():  # a local job inherits it: Ctrl-C is for the suite
                     self._executor.update_parameters(name=f"harness:{job.key}")
