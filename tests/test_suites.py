@@ -126,15 +126,40 @@ def test_malformed_suites_are_one_line_errors(bad, message):
     assert "'x'" in str(caught.value)
 
 
-def test_an_unknown_composition_is_refused_before_anything_runs(cli, tmp_path):
-    rows = '[suite.tiny.rows.bad]\nlabel = "Bad"\nsettings = { cond = "kmeans_dd" }\n'
+@pytest.mark.parametrize(("setting", "message"), [
+    ('cond = "kmeans_dd"', "unknown conditioner 'kmeans_dd'. Did you mean 'kmeans_d'?"),
+    ('backbone = "dcgann"', "unknown backbone 'dcgann'. Did you mean 'dcgan'?"),
+    ('dataset_options = { size = -5 }', "size=-5"),
+    ('cond = "kmeans_d", cond_options = { k = 0 }', "k=0"),
+])
+def test_an_unknown_composition_is_refused_before_anything_runs(cli, tmp_path, setting, message):
+    rows = f'[suite.tiny.rows.bad]\nlabel = "Bad"\nsettings = {{ {setting} }}\n'
     file = tiny_file(tmp_path, rows=rows)
     result = cli(*suite_cmd(file, tmp_path / "out"))
     assert result.code == 2
     (line,) = result.err.strip().splitlines()[-1:]
-    assert line.startswith("error: ring/bad/s0: unknown conditioner 'kmeans_dd'")
-    assert "Did you mean 'kmeans_d'?" in line
-    assert run_dirs(tmp_path / "out") == []
+    assert line.startswith("error: ") and "ring/bad" in line and message in line, line
+    assert "Traceback" not in result.err and run_dirs(tmp_path / "out") == []
+
+
+def test_the_suites_signal_handler_stops_gently_then_at_once_then_gives_up():
+    import signal as signals
+
+    from harness.suite_run import Stopper
+
+    class Engine:
+        stops = 0
+
+        def stop(self):
+            self.stops += 1
+
+    engine = Engine()
+    stopper = Stopper(engine)
+    stopper.handle(signals.SIGINT, None)
+    stopper.handle(signals.SIGTERM, None)
+    assert engine.stops == 2 and stopper.signal == "SIGINT"  # the first one names the stop
+    with pytest.raises(KeyboardInterrupt):
+        stopper.handle(signals.SIGINT, None)
 
 
 def test_bad_suite_flags_are_one_line_errors(cli, tmp_path):
