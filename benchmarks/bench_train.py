@@ -59,8 +59,8 @@ class BareLoop:
         self.z_dim = run.resolved["z_dim"]
         self.g = copy.deepcopy(run.generator)  # same classes and initial weights
         self.d = copy.deepcopy(run.discriminator)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR, betas=BETAS)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR, betas=BETAS)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR, betas=BETAS, foreach=True)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR, betas=BETAS, foreach=True)
         self.data = run.dataset.x.clone()  # uint8 for images, float for 2-D points
         self.labels = run.conditioner.labels.clone()  # fixed label of every real example
         self.weights = run.conditioner.class_weights().clone()  # P(c) for fake labels
@@ -89,7 +89,9 @@ class BareLoop:
         d_loss.backward()
         self.opt_d.step()
         fake, fake_labels = self.fake()
+        self.d.requires_grad_(False)  # G's step needs D's input gradients only
         logits, _ = self.d(fake)
+        self.d.requires_grad_(True)
         g_loss = F.softplus(-logits.gather(1, fake_labels[:, None]).squeeze(1)).mean()
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()

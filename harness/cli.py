@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-import traceback
 import types
 import typing
 from pathlib import Path
@@ -23,7 +23,7 @@ from harness.config import (
     make_config,
     parse_assignments,
 )
-from harness.errors import HarnessError, RunFailed, one_line
+from harness.errors import HarnessError, one_line
 from harness.manager import PluginManager, get_plugin_manager
 
 
@@ -122,8 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Inception weights file for fid_inception (default: "
                      "$HARNESS_INCEPTION_WEIGHTS, else the torch hub cache)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    run.add_argument("--resume", type=path_arg, metavar="RUN_DIR",
-                     help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--seeds", metavar="SEEDS",
+                     help="train several seeds, e.g. 0-9 or 0,3,7: one run directory each, "
+                     "trained together in this process (vectorised) when the composition "
+                     "allows, else one after another")
+    run.add_argument("--sequential", action="store_true",
+                     help="with --seeds or several --resume: train the seeds one after another")
+    run.add_argument("--resume", type=path_arg, nargs="+", metavar="RUN_DIR",
+                     help="continue interrupted runs from their last checkpoints (several: "
+                     "one composition, different seeds, trained together)")
 
     plugins = commands.add_parser("plugins", help="list registered plugins by family")
     plugins.add_argument("--verbose", "-v", action="store_true", help="show every option")
@@ -239,77 +246,91 @@ def read_run_file(directory: Path, name: str) -> Any:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from harness.build import build_run
-    from harness.run import run_name
+    from harness import seeds
 
     pm = get_plugin_manager()
     if args.resume:
-        directory = args.resume
-        if not directory.is_dir():
-            raise HarnessError(f"--resume {directory}: no such run directory")
-        for name in (results.RUN, results.CONFIG):  # before the lock file is made in it
-            read_run_file(directory, name)
-        with results.RunLock(directory):
-            info = read_run_file(directory, results.RUN)
-            if not isinstance(info, dict):
-                raise HarnessError(f"--resume {directory}: {results.RUN} holds no run status")
-            status = info.get("status")
-            if status == "finished":
-                raise HarnessError(
-                    f"--resume {directory}: this run already finished (valid: a run that is "
-                    "interrupted, failed or was killed while running; to train longer, start a "
-                    "new run with more --steps)")
-            if status not in ("interrupted", "failed", "running"):
-                raise HarnessError(f"--resume {directory}: {results.RUN} has status {status!r} "
-                                   "(valid: interrupted, failed, running)")
-            kept = info.get("checkpoint_step")
-            if kept is not None and not (directory / results.CHECKPOINT).is_file():
-                raise HarnessError(
-                    f"--resume {directory}: {results.RUN} records a checkpoint of step {kept}, "
-                    f"but {results.CHECKPOINT} is missing (valid: restore it, or start a new run)")
-            config, changed = resume_config(args, directory)
-            run = build_run(config, pm)
-            run.directory = directory
-            return execute(run, {"changed": changed})
-    config = config_from_args(args, pm)
-    results.check_output_dir(config.out)
-    run = build_run(config, pm)  # every input is validated before any write
-    run.directory = results.create_run_dir(config.out, run_name(config))
-    with results.RunLock(run.directory):
-        return execute(run, None)
+        with contextlib.ExitStack() as locks:
+            configs, resumes = [], []
+            for directory in args.resume:
+                config, changed = resumable(args, directory, locks)
+                configs.append(config)
+                resumes.append({"changed": changed})
+            check_group(configs, args.resume)
+            paths, code = seeds.train_group(configs, pm, sequential=args.sequential,
+                                            directories=args.resume, resumes=resumes)
+    else:
+        config = config_from_args(args, pm)
+        if args.seeds is not None and args.seed is not None:
+            raise HarnessError("--seed and --seeds cannot be combined (valid: one of them)")
+        chosen = seeds.parse_seeds(args.seeds) if args.seeds is not None else [config.seed]
+        configs = [config if s == config.seed else
+                   make_config({**config.model_dump(mode="json"), "seed": s}) for s in chosen]
+        results.check_output_dir(config.out)
+        paths, code = seeds.train_group(configs, pm, sequential=args.sequential)
+    print_results(paths)
+    return code
 
 
-def execute(run: Any, resume: dict[str, Any] | None) -> int:
-    """Train ``run`` (its directory locked), then print its one-row leaderboard."""
-    from harness import leaderboard, runner
+def resumable(args: argparse.Namespace, directory: Path, locks: contextlib.ExitStack
+              ) -> tuple[RunConfig, dict[str, Any]]:
+    """Lock a run directory given to ``--resume`` and check it can be resumed; its config
+    with the flags given beside ``--resume`` applied, and what they change."""
+    if not directory.is_dir():
+        raise HarnessError(f"--resume {directory}: no such run directory")
+    for name in (results.RUN, results.CONFIG):  # before the lock file is made in it
+        read_run_file(directory, name)
+    locks.enter_context(results.RunLock(directory))
+    info = read_run_file(directory, results.RUN)
+    if not isinstance(info, dict):
+        raise HarnessError(f"--resume {directory}: {results.RUN} holds no run status")
+    status = info.get("status")
+    if status == "finished":
+        raise HarnessError(
+            f"--resume {directory}: this run already finished (valid: a run that is "
+            "interrupted, failed or was killed while running; to train longer, start a "
+            "new run with more --steps)")
+    if status not in ("interrupted", "failed", "running"):
+        raise HarnessError(f"--resume {directory}: {results.RUN} has status {status!r} "
+                           "(valid: interrupted, failed, running)")
+    kept = info.get("checkpoint_step")
+    if kept is not None and not (directory / results.CHECKPOINT).is_file():
+        raise HarnessError(
+            f"--resume {directory}: {results.RUN} records a checkpoint of step {kept}, "
+            f"but {results.CHECKPOINT} is missing (valid: restore it, or start a new run)")
+    return resume_config(args, directory)
 
-    directory = run.directory
-    try:
-        runner.execute(run, resume)
-    except KeyboardInterrupt:
-        kept = run.checkpoint_step
-        where = ("before the first checkpoint; resuming restarts it from step 0" if kept is None
-                 else f"at step {run.step}" if kept == run.step
-                 else f"at step {run.step}; resuming continues from the checkpoint of step {kept}")
-        print(f"\ninterrupted ({run.stop_signal or 'stop requested'}) {where}; continue with: "
-              f"harness run --resume {directory}", file=sys.stderr)
-        return 143 if run.stop_signal == "SIGTERM" else 130
-    except RunFailed as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except HarnessError:
-        raise  # bad input found while starting (e.g. a foreign checkpoint): exit 2
-    except Exception as exc:  # a bug or an environment failure: one line, the traceback kept
-        path = directory / results.TRACEBACK
-        path.write_text(traceback.format_exc())
-        print(f"error: run failed at step {run.step}: {one_line(f'{type(exc).__name__}: {exc}')}"
-              f" (status failed; traceback in {path})", file=sys.stderr)
-        return 1
-    frame, metrics = leaderboard.load_runs([directory])
+
+def check_group(configs: list[RunConfig], directories: list[Path]) -> None:
+    """Run directories resumed together must be one composition with different seeds."""
+    if len(set(directories)) < len(directories):
+        raise HarnessError("--resume: a run directory is given twice (valid: distinct runs)")
+    first = configs[0].model_dump(mode="json", exclude={"seed"})
+    for config, directory in zip(configs[1:], directories[1:], strict=True):
+        other = config.model_dump(mode="json", exclude={"seed"})
+        differing = sorted(k for k in first if first[k] != other[k])
+        if differing:
+            raise HarnessError(
+                f"--resume {directory}: differs from {directories[0]} in {', '.join(differing)} "
+                "(valid: runs resumed together differ only in seed; resume the others apart)")
+    seeds = [c.seed for c in configs]
+    if len(set(seeds)) < len(seeds):
+        raise HarnessError("--resume: two run directories have the same seed (valid: one run "
+                           "per seed)")
+
+
+def print_results(directories: list[Path]) -> None:
+    """The finished runs' leaderboard (mean ± std over seeds) and the published rows."""
+    from harness import leaderboard
+
+    finished = [d for d in directories
+                if results.read_json(d / results.RUN).get("status") == "finished"]
+    if not finished:
+        return
+    frame, metrics = leaderboard.load_runs(finished)
     table = leaderboard.aggregate(frame, metrics)
     print(leaderboard.render(table, metrics))
     print_published(table, metrics, shipped_suites("all"))
-    return 0
 
 
 def shipped_suites(name: str) -> list[Any]:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from harness import results
+from harness.replicas import Replicas, rng_state
 from harness.run import Run
 from harness.trainer import Trainer
 
@@ -19,9 +23,68 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     directory's ``RunLock``. Raises ``KeyboardInterrupt`` (status ``interrupted``),
     ``Diverged`` or any other error (status ``failed``).
     """
-    assert run.directory is not None
-    directory, notify = run.directory, run.pm.notify
     trainer = Trainer(run)
+    info = start(run, trainer, resume)
+    try:
+        with trainer.interruptible():
+            run.pm.notify("harness_run_started", run=run)
+            if run.checkpoint_step is None:
+                trainer.setup()
+            trainer.train()
+            metrics = trainer.evaluate()
+            evaluated(run, metrics)
+    except BaseException as exc:
+        stopped(run, info, exc)
+        raise
+    finished(run, info)
+    return metrics
+
+
+def execute_replicas(
+    runs: list[Run], rng_states: list[tuple[torch.Tensor, Any]],
+    resumes: list[dict[str, Any] | None],
+) -> dict[Path, BaseException | None]:
+    """Train runs that differ only in seed together (``harness.replicas``), each in its own
+    directory with its own run.json, as ``execute`` would one by one.
+
+    Returns each run directory's failure (``Diverged``), None when it finished. Raises
+    ``KeyboardInterrupt`` (every unfinished run ``interrupted``) or any other error (every
+    unfinished run ``failed``).
+    """
+    replicas = Replicas(runs, rng_states)
+    infos = []
+    for replica, resume in zip(replicas.replicas, resumes, strict=True):
+        infos.append(start(replica.run, replica.trainer, resume))
+        if replica.run.checkpoint_step is not None:  # the checkpoint set the global RNG
+            replica.rng_state, replica.cuda_state = rng_state(replica.run.device)
+    done: set[int] = set()
+    try:
+        with replicas.interruptible():
+            for run in runs:
+                run.pm.notify("harness_run_started", run=run)
+            replicas.setup()
+            with replicas.replicas[0].trainer.progress() as advance:
+                replicas.train(advance)
+            for i, replica in enumerate(replicas.replicas):
+                if replica.failure is None:
+                    evaluated(replica.run, replicas.evaluate(replica))
+                    finished(replica.run, infos[i])
+                else:
+                    stopped(replica.run, infos[i], replica.failure)
+                done.add(i)
+    except BaseException as exc:
+        for i, replica in enumerate(replicas.replicas):
+            if i not in done:
+                stopped(replica.run, infos[i], replica.failure or exc)
+        raise
+    return {r.run.directory: r.failure for r in replicas.replicas}  # type: ignore[misc]
+
+
+def start(run: Run, trainer: Trainer, resume: dict[str, Any] | None) -> dict[str, Any]:
+    """Load the checkpoint of a resumed run; write config.json and run.json (``running``).
+    Returns run.json's record."""
+    assert run.directory is not None
+    directory = run.directory
     now = now_stamp()
     if resume is not None:
         checkpoint = directory / results.CHECKPOINT
@@ -39,26 +102,33 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
         {"config": run.config.model_dump(mode="json"), "resolved": run.resolved},
     )
     results.atomic_write_json(directory / results.RUN, info)
-    try:
-        with trainer.interruptible():
-            notify("harness_run_started", run=run)
-            if run.checkpoint_step is None:
-                trainer.setup()
-            trainer.train()
-            metrics = trainer.evaluate()
-            results.atomic_write_json(
-                directory / results.METRICS, {**metrics, "eval_samples": run.config.eval_samples}
-            )
-            notify("harness_evaluated", run=run, step=run.step, metrics=metrics)
-            notify("harness_run_finished", run=run, metrics=metrics)
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        error = (f"stopped by {run.stop_signal or 'request'}" if status == "interrupted"
-                 else f"{type(exc).__name__}: {exc}")
-        info.update(status=status, error=error, step=run.step, timings=run.timings,
-                    checkpoint_step=run.checkpoint_step)
-        results.atomic_write_json(directory / results.RUN, info)
-        raise
+    return info
+
+
+def evaluated(run: Run, metrics: dict[str, float]) -> None:
+    """Write the final evaluation's metrics.json and tell the lifecycle hooks."""
+    assert run.directory is not None
+    results.atomic_write_json(
+        run.directory / results.METRICS, {**metrics, "eval_samples": run.config.eval_samples}
+    )
+    run.pm.notify("harness_evaluated", run=run, step=run.step, metrics=metrics)
+    run.pm.notify("harness_run_finished", run=run, metrics=metrics)
+
+
+def stopped(run: Run, info: dict[str, Any], exc: BaseException) -> None:
+    """run.json of a run that stopped before finishing: ``interrupted`` or ``failed``."""
+    assert run.directory is not None
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    error = (f"stopped by {run.stop_signal or 'request'}" if status == "interrupted"
+             else f"{type(exc).__name__}: {exc}")
+    info.update(status=status, error=error, step=run.step, timings=run.timings,
+                checkpoint_step=run.checkpoint_step)
+    results.atomic_write_json(run.directory / results.RUN, info)
+
+
+def finished(run: Run, info: dict[str, Any]) -> None:
+    """run.json of a finished run: its timings, re-clustering's share of training time."""
+    assert run.directory is not None
     run.timings["recluster_share"] = run.timings.get("recluster_s", 0.0) / max(
         run.timings["train_s"], 1e-9
     )
@@ -68,8 +138,7 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     info.pop("metric_errors", None)
     if run.metric_errors:
         info["metric_errors"] = run.metric_errors
-    results.atomic_write_json(directory / results.RUN, info)
-    return metrics
+    results.atomic_write_json(run.directory / results.RUN, info)
 
 
 def now_stamp() -> str:

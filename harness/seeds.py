@@ -1,0 +1,188 @@
+"""``harness run --seeds``: several seeds of one composition, trained together when it allows.
+
+Each seed gets an ordinary run directory. When the composition can be vectorised
+(``harness.replicas.blocker``) the seeds train as one ``Replicas`` group in this process;
+otherwise (or with ``--sequential``) one after another, with a note saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import results
+from harness.build import build_run
+from harness.config import MAX_SEED, RunConfig
+from harness.errors import HarnessError, RunFailed, one_line
+from harness.manager import PluginManager
+from harness.replicas import blocker, rng_state
+from harness.run import Run, run_name
+
+MAX_SEEDS = 1000
+SEEDS_SYNTAX = "e.g. 0-9, 0,3,7 or 0-4,10"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from ``text``: comma-separated seeds and inclusive ranges A-B, e.g. ``0-9`` or
+    ``0,3,7``. ``HarnessError`` (one line) on bad syntax, a seed outside 0..MAX_SEED, a
+    repeated seed or more than ``MAX_SEEDS`` seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise HarnessError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range "
+                               f"A-B ({SEEDS_SYNTAX})")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise HarnessError(f"--seeds {text!r}: range {first}-{last} is empty (valid: A-B "
+                               "with A <= B)")
+        if last > MAX_SEED or last - first >= MAX_SEEDS:
+            raise HarnessError(f"--seeds {text!r}: valid seeds are 0..{MAX_SEED}, at most "
+                               f"{MAX_SEEDS} of them")
+        seeds.extend(range(first, last + 1))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise HarnessError(f"--seeds {text!r}: seed {repeated[0]} is given twice (valid: "
+                           "distinct seeds)")
+    if len(seeds) > MAX_SEEDS:
+        raise HarnessError(f"--seeds {text!r}: {len(seeds)} seeds (valid: at most {MAX_SEEDS})")
+    return seeds
+
+
+def train_group(
+    configs: list[RunConfig], pm: PluginManager, *, sequential: bool = False,
+    directories: list[Path] | None = None, resumes: list[dict[str, Any] | None] | None = None,
+) -> tuple[list[Path], int]:
+    """Train ``configs`` (one composition, different seeds): new run directories under each
+    config's ``out``, or the given ``directories`` (resumed, already locked by the caller).
+
+    Every config is built (and so validated) before anything is written. Returns the run
+    directories and the exit code: 0 when every run finished, 1 when one failed, 130 / 143
+    when a signal stopped them.
+    """
+    resumes = resumes or [None] * len(configs)
+    first = build_run(configs[0], pm)
+    reason = None if len(configs) == 1 else "--sequential" if sequential else blocker(first)
+    if reason is None and len(configs) > 1:
+        runs, states = [first], [rng_state(first.device)]
+        for config in configs[1:]:
+            runs.append(build_run(config, pm))
+            states.append(rng_state(runs[-1].device))
+        return train_vectorised(runs, states, resumes, directories)
+    if reason is not None:
+        print(f"note: training the {len(configs)} seeds one after another: {reason}",
+              file=sys.stderr)
+    done: list[Path] = []
+    for i, config in enumerate(configs):
+        run = first if i == 0 else build_run(config, pm)
+        with locked_directory(run, directories[i] if directories else None):
+            assert run.directory is not None
+            done.append(run.directory)
+            code = execute_one(run, resumes[i])
+        if code not in (0, 1):
+            return done, code
+    return done, max(code_of(d) for d in done)
+
+
+@contextlib.contextmanager
+def locked_directory(run: Run, directory: Path | None) -> Any:
+    """``run.directory``: the given (resumed, locked by the caller) or a new one, locked."""
+    if directory is not None:
+        run.directory = directory
+        yield
+        return
+    run.directory = results.create_run_dir(run.config.out, run_name(run.config))
+    with results.RunLock(run.directory):
+        yield
+
+
+def code_of(directory: Path) -> int:
+    info = results.read_json(directory / results.RUN)
+    return 0 if info.get("status") == "finished" else 1
+
+
+def train_vectorised(
+    runs: list[Run], states: list[tuple[torch.Tensor, Any]],
+    resumes: list[dict[str, Any] | None], directories: list[Path] | None,
+) -> tuple[list[Path], int]:
+    """The built ``runs`` as one ``Replicas`` group; their directories locked meanwhile."""
+    from harness import runner
+
+    with contextlib.ExitStack() as stack:
+        for i, run in enumerate(runs):
+            stack.enter_context(locked_directory(run, directories[i] if directories else None))
+        paths = [run.directory for run in runs]
+        assert all(p is not None for p in paths)
+        print(f"training {len(runs)} seeds together (vectorised)", file=sys.stderr)
+        try:
+            failures = runner.execute_replicas(runs, states, resumes)
+        except KeyboardInterrupt:
+            report_interrupted(runs)
+            return paths, 143 if runs[0].stop_signal == "SIGTERM" else 130  # type: ignore[return-value]
+        except RunFailed as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return paths, 1  # type: ignore[return-value]
+        except HarnessError:
+            raise
+        except Exception as exc:  # a bug or an environment failure: one line, traceback kept
+            for run in runs:
+                assert run.directory is not None
+                (run.directory / results.TRACEBACK).write_text(traceback.format_exc())
+            print(f"error: runs failed at step {runs[0].step}: "
+                  f"{one_line(f'{type(exc).__name__}: {exc}')} (status failed; traceback in "
+                  f"each run directory's {results.TRACEBACK})", file=sys.stderr)
+            return paths, 1  # type: ignore[return-value]
+    for path, failure in failures.items():
+        if failure is not None:
+            print(f"error: {path.name}: {one_line(failure)}", file=sys.stderr)
+    return paths, int(any(f is not None for f in failures.values()))  # type: ignore[return-value]
+
+
+def report_interrupted(runs: list[Run]) -> None:
+    """Where each interrupted run stopped, and the one command that resumes them all."""
+    unfinished = [run for run in runs
+                  if results.read_json(run.directory / results.RUN).get("status")  # type: ignore[operator]
+                  == "interrupted"]
+    for run in unfinished:
+        kept = run.checkpoint_step
+        where = "before its first checkpoint" if kept is None else f"checkpoint of step {kept}"
+        print(f"interrupted: {run.directory} ({where})", file=sys.stderr)
+    signal_name = runs[0].stop_signal or "stop requested"
+    print(f"\ninterrupted ({signal_name}); continue with: harness run --resume "
+          + " ".join(str(run.directory) for run in unfinished), file=sys.stderr)
+
+
+def execute_one(run: Run, resume: dict[str, Any] | None) -> int:
+    """Train one run (its directory locked); the exit code, with one line on failure."""
+    from harness import runner
+
+    directory = run.directory
+    assert directory is not None
+    try:
+        runner.execute(run, resume)
+    except KeyboardInterrupt:
+        kept = run.checkpoint_step
+        where = ("before the first checkpoint; resuming restarts it from step 0" if kept is None
+                 else f"at step {run.step}" if kept == run.step
+                 else f"at step {run.step}; resuming continues from the checkpoint of step {kept}")
+        print(f"\ninterrupted ({run.stop_signal or 'stop requested'}) {where}; continue with: "
+              f"harness run --resume {directory}", file=sys.stderr)
+        return 143 if run.stop_signal == "SIGTERM" else 130
+    except RunFailed as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except HarnessError:
+        raise  # bad input found while starting (e.g. a foreign checkpoint): exit 2
+    except Exception as exc:  # a bug or an environment failure: one line, the traceback kept
+        path = directory / results.TRACEBACK
+        path.write_text(traceback.format_exc())
+        print(f"error: run failed at step {run.step}: {one_line(f'{type(exc).__name__}: {exc}')}"
+              f" (status failed; traceback in {path})", file=sys.stderr)
+        return 1
+    return 0
