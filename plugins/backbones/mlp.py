@@ -35,7 +35,9 @@ class Maxout(nn.Module):
         self.linear = nn.Linear(in_dim, out_dim * pieces)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x).view(-1, self.out_dim, self.pieces).amax(2)
+        # max, not amax: the same values, and its backward scatters to the arg-max instead of
+        # masking every piece (they differ only on exact ties, where amax splits the gradient)
+        return self.linear(x).view(-1, self.out_dim, self.pieces).max(2).values
 
 
 class MLPGenerator(Generator):
