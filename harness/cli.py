@@ -51,7 +51,8 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--prior": ("prior", str, "latent prior plugin (default: gaussian)"),
     "--cond": ("cond", str, "conditioning source plugin (default: kmeans_d)"),
     "--backbone": ("backbone", str, "GAN backbone plugin (default: mlp)"),
-    "--dataset": ("dataset", str, "dataset plugin (default: ring)"),
+    "--dataset": ("dataset", str, "dataset plugin (default: the one the backbone names, "
+                  "else ring)"),
     "--loss": ("loss", str, "adversarial loss plugin (default: bce)"),
     "--reg": ("reg", str, "regulariser plugin, e.g. r1 (default: none)"),
     "--augment": ("augment", str, "augmentation of D's inputs, e.g. diffaug (default: none)"),
