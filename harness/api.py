@@ -383,6 +383,12 @@ class Conditioner(Component, StepTerms, ABC):
     def num_classes(self) -> int:
         """Number of labels this source produces."""
 
+    def bind(self, models: Models) -> None:  # noqa: B027 - optional hook
+        """Called once when the run is built, after G and D exist and before ``setup`` or
+        ``load_state_dict``. The networks are the run's own (a resumed run's hold the
+        checkpoint's weights once it is loaded): a conditioner that must rebuild something
+        shaped like them from its state (``kmeans_d``'s frozen copy of D) may keep ``models``."""
+
     def setup(self, models: Models) -> None:  # noqa: B027 - optional hook
         """Initial fit before the first step (e.g. the first clustering)."""
 

@@ -80,6 +80,7 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
         run = build_components(config, pm, classes, options, resolved, device)
         check_networks(run)
     check_eval_memory(config, run.dataset)
+    run.conditioner.bind(run.models)
     return run
 
 

@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.config import INCEPTION_WEIGHTS_ENV
+from harness import hookimpl
+from harness.build import with_component_defaults
+from harness.config import INCEPTION_WEIGHTS_ENV, make_config
+from harness_plugins.backbones.dcgan import DCGAN
 from tests.conftest import FAST, assert_resume_is_exact, only_run
 
 CONDITIONERS = {
@@ -50,6 +53,26 @@ def test_kmeans_d_logs_reclustering(cli, tmp_path):
     assert cli("run", *CONDITIONERS["kmeans_d"], *FAST, "--out", tmp_path).code == 0
     log = (only_run(tmp_path) / "log.jsonl").read_text()
     assert log.count('"labels_updated"') == 3
+    timings = json.loads((only_run(tmp_path) / "run.json").read_text())["timings"]
+    assert 0 < timings["label_s"] < timings["recluster_s"] < timings["train_s"]  # labelled lazily
+    assert timings["recluster_share"] == timings["recluster_s"] / timings["train_s"]
+
+
+DIGITS_KMEANS = ["run", "--dataset", "digits", "--backbone", "biggan", "--backbone-opt", "width=4",
+                 "--cond", "kmeans_d", "--cond-opt", "k=4", "--cond-opt", "subset=200",
+                 "--cond-opt", "recluster_every=4", "--steps", "6", "--batch-size", "8",
+                 "--eval-samples", "50", "--metrics", "cluster_agreement",
+                 "--metric-opt", "cluster_agreement.subset=300", "--no-progress", "--threads", "1"]
+
+
+def test_kmeans_d_resumes_exactly_between_clusterings(cli, pm, tmp_path):
+    """Stopped after a re-clustering with most examples unlabelled: the resumed run labels
+    them with the checkpoint's frozen D, not with the live D it loaded."""
+    run_dir = assert_resume_is_exact(cli, pm, tmp_path, DIGITS_KMEANS, stop_at=5)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state, live = checkpoint["conditioner"], checkpoint["discriminator"]
+    assert (state["labels"] < 0).any() and state["frozen"] is not None
+    assert any(not torch.equal(value, state["frozen"][key]) for key, value in live.items())
 
 
 def test_same_seed_gives_identical_metrics(cli, tmp_path):
@@ -134,7 +157,8 @@ BAD_INPUT = {
     "bad run field": (["--steps", "-5"], ["steps", "-5"]),
     "gmm without mixture": (["--cond", "gmm"], ["--cond gmm", "gaussian", "gmm"]),
     "metric not applicable": (["--metrics", "nope"], ["nope", "modes_2d"]),
-    "image backbone, flat data": (["--backbone", "dcgan"], ["'dcgan'", "(2,)", "mlp"]),
+    "image backbone, flat data": (["--backbone", "dcgan", "--dataset", "ring"],
+                                  ["'dcgan'", "(2,)", "mlp"]),
     "missing inception weights": (
         ["--dataset", "stacked_digits", "--metrics", "fid_inception",
          "--inception-weights", "/nowhere/inception.pth"],
@@ -205,3 +229,66 @@ def test_stacked_digits_is_compared_with_the_papers_stacked_mnist():
     assert comparison["measured"].tolist() == ["990 ± 5", "0.155 ± 0.01"]
     assert comparison["budget"].tolist() == ["600 of 100k steps"] * 2
     assert comparison["verdict"].tolist() == ["worse", "worse"]
+
+
+class ThirdPartyImageBackbone(DCGAN):
+    """An image backbone of another package, naming the dataset its runs use by default."""
+
+    run_defaults = {"dataset": "stacked_digits"}
+
+
+class ImageBackbonePlugin:
+    @hookimpl
+    def harness_backbones(self):
+        return {"their_dcgan": ThirdPartyImageBackbone}
+
+
+TINY_IMAGE_RUN = ["run", "--backbone", "their_dcgan", "--backbone-opt", "width=4",
+                  "--dataset-opt", "size=300", "--cond", "random", "--cond-opt", "k=3",
+                  "--steps", "1", "--batch-size", "4", "--eval-samples", "50", "--metrics",
+                  "cluster_agreement", "--metric-opt", "cluster_agreement.subset=50",
+                  "--no-progress"]
+
+
+@pytest.fixture
+def their_backbone(pm):
+    pm.register(ImageBackbonePlugin(), name="their-backbones")
+    yield
+    pm.unregister(name="their-backbones")
+
+
+def test_without_a_dataset_a_backbone_trains_on_the_one_it_names_and_says_so(
+    cli, tmp_path, their_backbone
+):
+    result = cli(*TINY_IMAGE_RUN, "--out", tmp_path / "a")
+    assert result.code == 0, result.err
+    notes = [line for line in result.err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --backbone their_dcgan sets dataset='stacked_digits' "
+                     "(--dataset to change)"]
+    saved = only_run(tmp_path / "a") / "config.json"
+    assert json.loads(saved.read_text())["config"]["dataset"] == "stacked_digits"
+    again = cli("run", "--config", saved, "--out", tmp_path / "b")  # re-runnable as recorded
+    assert again.code == 0 and "note:" not in again.err
+    assert (only_run(tmp_path / "a") / "metrics.json").read_text() == (
+        only_run(tmp_path / "b") / "metrics.json").read_text()
+
+
+@pytest.mark.parametrize("given", ["flag", "file"])
+def test_a_dataset_given_by_flag_or_config_file_wins_over_the_backbones(
+    cli, tmp_path, their_backbone, given
+):
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "digits"\n' if given == "file" else "")
+    chosen = ["--dataset", "digits"] if given == "flag" else []
+    args = [a for a in TINY_IMAGE_RUN if a not in ("--dataset-opt", "size=300")]
+    result = cli(*args, *chosen, "--config", toml, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert "sets dataset" not in result.err
+    saved = json.loads((only_run(tmp_path / "out") / "config.json").read_text())
+    assert saved["config"]["dataset"] == "digits"
+
+
+def test_flat_data_stays_the_default_of_a_backbone_naming_none(pm):
+    values = with_component_defaults({"backbone": "mlp"}, pm, notes=False)
+    assert make_config(values).dataset == "ring" and pm.get(
+        "backbones", "mlp").load().run_defaults == {}

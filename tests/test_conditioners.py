@@ -1,11 +1,15 @@
 """Conditioning sources on controlled discriminator features."""
 
+import types
+
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
 from harness.api import BuildContext, Discriminator, Models, Options
 from harness.errors import ConfigError
+from harness_plugins.backbones.biggan import BigGAN, BigGANOptions
+from harness_plugins.backbones.dcgan import DCGAN, DCGANOptions
 from harness_plugins.conditioners.kmeans import (
     OnlineKMeans,
     OnlineOptions,
@@ -14,6 +18,7 @@ from harness_plugins.conditioners.kmeans import (
 )
 from harness_plugins.conditioners.mixture import MixtureComponent, MixtureOptions
 from harness_plugins.conditioners.simple import GroundTruth, RandomLabels, RandomOptions
+from harness_plugins.datasets.images import Digits, DigitsOptions
 from harness_plugins.datasets.toy2d import Grid, GridOptions
 from harness_plugins.priors.gmm import GaussianMixtureOptions
 
@@ -62,6 +67,108 @@ def test_labels_come_from_the_discriminator_frozen_at_clustering_time(grid):
     before = cond.labels_for_real(index, d(grid.x[index])[1], None)
     drifted = torch.randn(100, 2) * 100  # live features moved; labels must not
     assert torch.equal(cond.labels_for_real(index, drifted, None), before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Digits:
+    return Digits(DigitsOptions(heldout_fraction=0.6), seed=0)  # 719 images
+
+
+IMAGE_BACKBONES = {  # D with BatchNorm statistics / with spectral norm's power-iteration vectors
+    "dcgan": lambda: DCGAN(DCGANOptions(width=4)),
+    "biggan": lambda: BigGAN(BigGANOptions(width=4)),
+}
+
+
+def image_run(dataset, backbone: str, **opts) -> tuple[SelfConditioned, Models]:
+    """A kmeans_d conditioner bound to, and set up on, a fresh image D (as a run does)."""
+    torch.manual_seed(0)
+    _, d = IMAGE_BACKBONES[backbone]().build(dataset.spec, 8, 16)
+    live = models(dataset, d)
+    options = SelfConditionedOptions(k=8, subset=200, n_init=1, recluster_every=10, **opts)
+    cond = SelfConditioned(options, context(dataset))
+    cond.bind(live)
+    cond.setup(live)
+    return cond, live
+
+
+def whole_dataset_labels(cond: SelfConditioned, live: Models) -> torch.Tensor:
+    """Every example labelled at once with the live D, as kmeans_d did before labelling
+    lazily: D_f in chunks of 10k, nearest centre."""
+    everything = torch.arange(len(live.dataset))
+    return torch.cat([cond.nearest(live.features(c)).cpu() for c in everything.split(10_000)])
+
+
+def train_a_little(d: Discriminator, dataset) -> None:
+    """Change D's weights and buffers (BatchNorm statistics, spectral norm's vectors)."""
+    d.train()
+    with torch.no_grad():
+        for parameter in d.parameters():
+            parameter.mul_(-1.5)
+        for _ in range(3):
+            d(dataset.batch(torch.randint(len(dataset), (16,))))
+
+
+@pytest.mark.parametrize("backbone", IMAGE_BACKBONES)
+def test_lazy_labels_equal_the_whole_dataset_labelled_at_clustering_time(digits, backbone):
+    cond, live = image_run(digits, backbone)
+    expected = whole_dataset_labels(cond, live)
+    assert cond.unlabelled == len(digits) - 200
+    assert torch.equal(cond.cache[cond.subset], expected[cond.subset])
+    train_a_little(live.discriminator, digits)  # labels stay those of D at clustering time
+    assert not torch.equal(whole_dataset_labels(cond, live), expected)
+    order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))
+    batches = [order[:1], order[1:65], torch.cat([order[:40], order[65:66]]),  # one new
+               order[66:70].repeat(3), order[70:]]
+    for index in batches:
+        labels = cond.labels_for_real(index, torch.empty(len(index), 1), None)
+        assert torch.equal(labels, expected[index])
+    assert cond.unlabelled == 0 and cond.frozen is None  # the copy is dropped once done
+    assert torch.equal(cond.labels, expected)
+    assert torch.equal(cond.partition(live, order[:100]), expected[order[:100]])
+
+
+def test_reclustering_freezes_d_again_and_forgets_the_labels(digits):
+    cond, live = image_run(digits, "biggan")
+    cond.labels_for_real(torch.arange(200), torch.empty(200, 1), None)
+    train_a_little(live.discriminator, digits)
+    assert cond.update(10, live) is not None
+    assert cond.unlabelled == len(digits) - 200
+    assert torch.equal(cond.labels, whole_dataset_labels(cond, live))
+
+
+def test_a_restored_state_labels_the_rest_with_the_frozen_d(digits):
+    cond, live = image_run(digits, "biggan")
+    expected = whole_dataset_labels(cond, live)
+    cond.labels_for_real(torch.arange(300), torch.empty(300, 1), None)
+    state = cond.state_dict()
+    assert state["frozen"] is not None and (state["labels"] < 0).any()
+    train_a_little(live.discriminator, digits)  # the resumed run's D has moved on
+    resumed = SelfConditioned(cond.options, context(digits))
+    resumed.bind(live)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.labels, expected)
+    done = resumed.state_dict()  # every label known: the copy of D is no longer kept
+    assert done["frozen"] is None
+    again = SelfConditioned(cond.options, context(digits))
+    again.load_state_dict(done)  # neither D nor binding needed
+    assert torch.equal(again.labels, expected)
+    unbound = SelfConditioned(cond.options, context(digits))
+    with pytest.raises(ValueError, match="unlabelled and not bound to the run"):
+        unbound.load_state_dict(state)
+    with pytest.raises(ValueError, match="unlabelled and no frozen D in the state"):
+        resumed.load_state_dict({**state, "frozen": None})
+
+
+def test_labelling_time_goes_to_the_reclustering_timings(digits):
+    cond, _ = image_run(digits, "dcgan")
+    cond.labels_for_real(torch.arange(400), torch.empty(400, 1), None)
+    step = types.SimpleNamespace(run=types.SimpleNamespace(timings={"recluster_s": 1.0}))
+    cond.train_own(step)
+    timings = step.run.timings
+    assert timings["label_s"] > 0 and timings["recluster_s"] == 1.0 + timings["label_s"]
+    cond.train_own(step)  # counted once
+    assert timings["recluster_s"] == 1.0 + timings["label_s"]
 
 
 @pytest.mark.parametrize("init_from_previous", [True, False])

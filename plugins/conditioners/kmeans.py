@@ -8,12 +8,15 @@ gradient step on every real batch instead.
 
 from __future__ import annotations
 
+import copy
+import time
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from harness.api import BuildContext, Conditioner, Models, Options
+from harness.api import BuildContext, Conditioner, Models, Options, Step
 from harness.clustering import cluster_means, kmeans, matching_permutation, squared_distances
 from harness.errors import ConfigError
 
@@ -58,7 +61,10 @@ class FeatureClusters(Conditioner):
         return self.options.k
 
     def setup(self, models: Models) -> None:
-        features = models.features(self.subset)
+        self.fit(models.features(self.subset))
+
+    def fit(self, features: torch.Tensor) -> None:
+        """The first clustering, of the subset's D features (points, feature_dim)."""
         result = kmeans(features, self.options.k, self.options.n_init, self.context.seed)
         self.centers, self.subset_labels = result.centers, result.labels
         self.offset = features.mean(0)
@@ -90,25 +96,90 @@ class SelfConditioned(FeatureClusters):
     """k-means++ on D_f of a real subset, re-clustered every T steps (Liu et al. 2020).
 
     Between clusterings every real example keeps the label given by the discriminator *as
-    it was when clustering* (the official code holds a frozen copy of D); labels of the
-    whole dataset are therefore computed once per clustering and looked up by index.
+    it was when clustering* (the official code holds a frozen copy of D). So does this one:
+    each clustering freezes a copy of D (eval mode, no gradients), and an example is labelled
+    with it the first time a batch, ``assign`` or ``partition`` asks for it; the label is
+    cached until the next clustering. Labels are thus the ones the whole dataset would get
+    from D at clustering time, without labelling all of it before the step that needs them.
+    The copy is dropped once every example is labelled. The state (checkpoints) holds the
+    labels so far and the copy's weights and buffers, so a resumed run labels the rest alike.
+
+    Labelling runs inside the training step; its seconds are added to the run's timings
+    ``recluster_s`` (the clustering itself is timed there too, so ``recluster_share`` is
+    self-conditioning's whole overhead, as when the dataset was labelled at each clustering)
+    and, on their own, ``label_s``.
     """
 
     Options = SelfConditionedOptions
     plugin_name = "kmeans_d"
 
-    def setup(self, models: Models) -> None:
-        super().setup(models)
-        self.relabel(models)
+    def __init__(self, options: SelfConditionedOptions, context: BuildContext) -> None:
+        super().__init__(options, context)
+        self.cache = torch.full((len(context.dataset),), -1, dtype=torch.long)
+        """Label of every real example (CPU, long); -1: not labelled since the clustering."""
+        self.unlabelled = len(self.cache)
+        self.frozen: Models | None = None
+        """The run's data and D as it was at clustering time; None once all are labelled."""
+        self.run_models: Models | None = None
+        """The run's networks (``bind``): the shape of D a restored frozen copy takes."""
+        self.label_seconds = 0.0
+        """Labelling time not yet added to the run's timings (see ``train_own``)."""
 
-    def relabel(self, models: Models) -> None:
-        everything = torch.arange(len(self.context.dataset))
-        self.labels = torch.cat(
-            [self.nearest(models.features(chunk)).cpu() for chunk in everything.split(10_000)]
-        )
+    def bind(self, models: Models) -> None:
+        self.run_models = models
+
+    def setup(self, models: Models) -> None:
+        features = models.features(self.subset)
+        self.fit(features)
+        self.freeze(models, features)
+
+    def freeze(self, models: Models, features: torch.Tensor) -> None:
+        """Label from now on with D as it is in ``models``; forget every label but the
+        clustered subset's, given their D ``features`` (points, feature_dim)."""
+        self.cache.fill_(-1)
+        self.cache[self.subset] = self.nearest(features).cpu()
+        self.unlabelled = len(self.cache) - len(self.subset)
+        self.frozen = frozen_copy(models) if self.unlabelled else None
+
+    def labels_of(self, index: torch.Tensor) -> torch.Tensor:
+        """Labels (CPU, long) of the real examples at ``index`` (any shape, CPU or device),
+        from D as frozen at the last clustering; examples not yet labelled are labelled now."""
+        index = index.cpu()
+        labels = self.cache[index]
+        missing = index[labels < 0].unique()
+        if len(missing):
+            assert self.frozen is not None  # dropped only once every example is labelled
+            start = time.perf_counter()
+            # a batch of one runs other CPU kernels (last-bit differences from the larger
+            # batches of a whole-dataset pass): a lone example is labelled in a batch of two
+            batch = missing.repeat(2) if len(missing) == 1 else missing
+            features = self.frozen.features(batch)[: len(missing)]
+            self.cache[missing] = self.nearest(features).cpu()
+            self.unlabelled -= len(missing)
+            if not self.unlabelled:
+                self.frozen = None
+            self.label_seconds += time.perf_counter() - start
+            labels = self.cache[index]
+        return labels
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every real example's label, (N,) long on the CPU; labels all not yet labelled."""
+        return self.labels_of(torch.arange(len(self.cache)))
 
     def assign(self, index: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self.labels[index.cpu()].to(features.device)
+        return self.labels_of(index).to(features.device)
+
+    def partition(self, models: Models, index: torch.Tensor) -> torch.Tensor:
+        return self.labels_of(index).to(models.device)  # the live D's features are not used
+
+    def train_own(self, step: Step) -> dict[str, torch.Tensor]:
+        """No network of its own: adds the iteration's labelling time to the run's timings."""
+        timings = step.run.timings
+        for key in ("recluster_s", "label_s"):
+            timings[key] = timings.get(key, 0.0) + self.label_seconds
+        self.label_seconds = 0.0
+        return {}
 
     def update(self, step: int, models: Models) -> float | None:
         every = self.options.recluster_every
@@ -137,15 +208,38 @@ class SelfConditioned(FeatureClusters):
             centers = torch.empty_like(centers).index_copy_(0, perm, centers)
         self.centers, self.subset_labels, self.offset = centers, labels, features.mean(0)
         self.sizes = torch.bincount(labels, minlength=k).cpu()
-        self.relabel(models)
+        self.freeze(models, features)
         return float((labels != old).float().mean())
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "labels": self.labels}
+        frozen = None if self.frozen is None else self.frozen.discriminator.state_dict()
+        return {**super().state_dict(), "labels": self.cache.clone(), "frozen": frozen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the labels and the frozen D; ``ValueError`` when labels are missing and
+        the state has no frozen D (or the conditioner was not bound to the run's networks).
+        A state from before lazy labelling (every label, no frozen D) loads as it is."""
         super().load_state_dict(state)
-        self.labels = state["labels"]
+        cache = state["labels"].to("cpu", torch.long, copy=True)
+        if cache.shape != self.cache.shape:
+            raise ValueError(f"labels of {len(cache)} examples for a dataset of {len(self.cache)}")
+        unlabelled, frozen = int((cache < 0).sum()), state.get("frozen")
+        if unlabelled and (frozen is None or self.run_models is None):
+            reason = "no frozen D in the state" if frozen is None else "not bound to the run"
+            raise ValueError(f"kmeans_d: {unlabelled} examples are unlabelled and {reason}")
+        self.frozen = frozen_copy(self.run_models, frozen) if unlabelled else None
+        self.cache, self.unlabelled = cache, unlabelled
+
+
+def frozen_copy(models: Models, state: dict[str, Any] | None = None) -> Models:
+    """``models`` with a copy of its D as it is (or holding ``state``, a D state dict): in
+    eval mode, without gradients, never trained."""
+    discriminator = copy.deepcopy(models.discriminator).eval().requires_grad_(False)
+    for parameter in discriminator.parameters():
+        parameter.grad = None
+    if state is not None:
+        discriminator.load_state_dict(state)
+    return replace(models, discriminator=discriminator)
 
 
 class OnlineOptions(ClusterOptions):
