@@ -19,11 +19,13 @@ from harness.manager import PluginManager
 from harness_plugins.datasets.digits import load_digits_32
 from harness_plugins.metrics import digit_classifier as dc
 from harness_plugins.metrics.fidelity import (
+    DigitsExtractorMixin,
     DigitsFidelity,
     InceptionFidelity,
     count_name,
     inception_layout,
     joint_log_probs,
+    reference_cache_name,
     register_digits_extractor,
 )
 from harness_plugins.metrics.reconstruction import LPIPSReconstruction
@@ -195,6 +197,69 @@ def test_fid_digits_real_vs_real_small_noise_large(classifier: Path, tmp_path: P
     assert collapsed["recall_digits_800"] < 0.1
     only = DigitsFidelity(DigitsFidelity.Options(samples=800, metrics=["fid"]))
     assert only.compute(sampler(half_b), run) == {"fid_digits_800": real["fid_digits_800"]}
+
+
+def test_fid_digits_caches_the_real_features_bit_identically(
+    classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, _ = load_digits_32()
+    run = make_run(images[:500], DIGITS, tmp_path)
+    fake = images[500:900].roll(2, dims=3)
+    extracted: list[int] = []  # images per extractor call
+    forward = DigitsExtractorMixin.forward
+
+    def counting(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        extracted.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(DigitsExtractorMixin, "forward", counting)
+
+    def compute(root: Path | None, **options: object) -> tuple[dict[str, float], int]:
+        metric = DigitsFidelity(DigitsFidelity.Options(
+            samples=400, kid_subsets=10, kid_subset_size=200, isc_splits=4, batch_size=400,
+            **options,
+        ))
+        metric.cache_root = root
+        extracted.clear()
+        return metric.compute(sampler(fake), run), sum(extracted)
+
+    root = tmp_path / "cache"
+    uncached, n_uncached = compute(None)
+    first, n_first = compute(root)  # miss: extracts and stores the real side
+    second, n_second = compute(root)  # hit: only the generated side is extracted
+    assert (n_uncached, n_first, n_second) == (800, 800, 400)
+    assert first == uncached and second == uncached  # exactly, every value
+    entries = sorted(p.name.split("-digits-cnn-")[1] for p in root.iterdir())
+    # features per layer (KID and PRC read them), FID statistics; no temporary files left
+    assert entries == ["features-features.pt", "features-logits.pt", "stat-fid-features.pt"]
+    fid, n_fid = compute(root, metrics=["fid"])  # torch-fidelity's FID-only path: statistics
+    assert fid == {"fid_digits_400": uncached["fid_digits_400"]} and n_fid == 400
+    (tmp_path / "file").touch()
+    unwritable, _ = compute(tmp_path / "file" / "cache")  # a folder that cannot be: no cache
+    assert unwritable == uncached
+
+
+def test_reference_cache_name_covers_what_the_features_depend_on(
+    classifier: Path, tmp_path: Path
+) -> None:
+    images = stacked_triples(20)
+    other_weights = tmp_path / "other.pt"
+    other_weights.write_bytes(classifier.read_bytes() + b"\0")
+    base = {"images": images, "extractor": "digits-cnn", "weights": classifier,
+            "batch_size": 128, "device": torch.device("cpu")}
+
+    def name(**changes: object) -> str:
+        return reference_cache_name(**{**base, **changes})
+
+    changed = images.clone()
+    changed[3, 1, 10, 10] += 1
+    names = [
+        name(), name(images=changed), name(images=images.flip(0)), name(images=images[:19]),
+        name(extractor="inception-v3-compat"), name(weights=other_weights),
+        name(batch_size=64), name(device=torch.device("meta")),
+    ]
+    assert len(set(names)) == len(names)
+    assert name() == name(images=images.clone()) and name().startswith("gan-harness-real-")
 
 
 def inception_like() -> dict[str, torch.Tensor]:
