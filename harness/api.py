@@ -140,6 +140,11 @@ class Prior(Component, nn.Module):
 class Generator(nn.Module):
     """G(z, y) -> x. ``y`` is a (n,) long tensor of class ids in [0, num_classes)."""
 
+    channels_last_sampling: ClassVar[bool] = False
+    """True when a channels-last copy of G gives bit-identical samples on the CPU and is
+    faster there (DCGAN: oneDNN's transposed convolutions); evaluation then samples from
+    one. Leave False unless both hold (ResNet / BigGAN differ in the last bits)."""
+
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 

@@ -220,8 +220,10 @@ class Trainer:
         """``n`` samples from the evaluation generator, labels drawn from P(c), on the CPU."""
         chunks = torch.arange(n).split(EVAL_BATCH)
         fake_batch, generator = self.training_step.fake_batch, self.run.eval_generator
+        if generator.channels_last_sampling and self.run.device.type == "cpu":
+            generator = copy.deepcopy(generator).to(memory_format=torch.channels_last)
         batches = [fake_batch(len(chunk), generator) for chunk in chunks]
-        xs, ys = zip(*((x.cpu(), y.cpu()) for x, y in batches), strict=True)
+        xs, ys = zip(*((x.contiguous().cpu(), y.cpu()) for x, y in batches), strict=True)
         return torch.cat(xs), torch.cat(ys)
 
     def evaluate(self) -> dict[str, float]:
