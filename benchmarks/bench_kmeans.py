@@ -16,7 +16,8 @@ Two cases per data set, same k, max_iter and tol on both sides:
 Inertia is recomputed in float64 from each side's centres. Each measurement is repeated
 (seed = repeat index) with the two sides interleaved; medians are reported.
 
-    .venv/bin/python benchmarks/bench_kmeans.py [--large] [--repeats 3] [--json out.json]
+    .venv/bin/python benchmarks/bench_kmeans.py [--large] [--data dfeat|blobs|both]
+        [--repeats 3] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from harness.clustering import cluster_means, kmeans, squared_distances
 from harness.results import atomic_write_json, environment
@@ -125,7 +127,17 @@ def main() -> None:
     parser.add_argument("--data", choices=["dfeat", "blobs", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per case")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both sides (torch, BLAS, OpenMP); default: as found")
     args = parser.parse_args()
+    for option, value in (("--repeats", args.repeats), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            print(f"bench_kmeans: invalid {option} {value}; valid: an integer >= 1",
+                  file=sys.stderr)
+            raise SystemExit(2)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # scikit-learn's OpenMP and every BLAS
     n, d, k = SIZES["large" if args.large else "default"]
     kinds = ["dfeat", "blobs"] if args.data == "both" else [args.data]
     load_start = os.getloadavg()
@@ -137,8 +149,10 @@ def main() -> None:
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "threadpool_info": threadpool_info(), "cases": {}, "environment": environment(),
     }
+    pools = sorted({pool["num_threads"] for pool in results["threadpool_info"]})
     print(f"bench_kmeans: n={n} d={d} k={k}, n_init={N_INIT} (cold) / 1 (warm), "
           f"{args.repeats} repeats, torch {torch.get_num_threads()} thread(s), "
+          f"BLAS/OpenMP {'/'.join(map(str, pools))} thread(s), "
           f"OPENBLAS_CORETYPE={results['OPENBLAS_CORETYPE']}")
     print(f"{'case':<12} {'ours s':>8} {'sk s':>8} {'t ratio':>8} "
           f"{'ours inertia':>13} {'sk inertia':>13} {'i ratio':>8} {'iters':>9}")
