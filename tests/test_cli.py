@@ -292,3 +292,9 @@ def test_flat_data_stays_the_default_of_a_backbone_naming_none(pm):
     values = with_component_defaults({"backbone": "mlp"}, pm, notes=False)
     assert make_config(values).dataset == "ring" and pm.get(
         "backbones", "mlp").load().run_defaults == {}
+
+
+@pytest.mark.parametrize("backbone", ["dcgan", "resnet", "biggan"])
+def test_image_backbones_train_on_offline_images_when_no_dataset_is_given(pm, backbone):
+    values = with_component_defaults({"backbone": backbone}, pm, notes=False)
+    assert make_config(values).dataset == "stacked_digits"

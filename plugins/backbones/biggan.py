@@ -154,6 +154,7 @@ class BigGAN(Backbone):
     """BigGAN-type G (shared embedding, hierarchical z, conditional BN) / projection D."""
 
     Options = BigGANOptions
+    run_defaults = {"dataset": "stacked_digits"}  # offline images when no --dataset is given
 
     def build(
         self, spec: DataSpec, num_classes: int, z_dim: int

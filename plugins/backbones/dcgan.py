@@ -92,6 +92,7 @@ class DCGAN(Backbone):
     """DCGAN-type G / multi-output D (Liu et al. 2020, stacked MNIST and CIFAR-10)."""
 
     Options = DCGANOptions
+    run_defaults = {"dataset": "stacked_digits"}  # offline images when no --dataset is given
 
     def build(
         self, spec: DataSpec, num_classes: int, z_dim: int

@@ -99,6 +99,7 @@ class ResNet(Backbone):
     """SNGAN-style ResNet G / spectrally normalised multi-output D."""
 
     Options = ResNetOptions
+    run_defaults = {"dataset": "stacked_digits"}  # offline images when no --dataset is given
 
     def build(
         self, spec: DataSpec, num_classes: int, z_dim: int
