@@ -320,12 +320,20 @@ def check_group(configs: list[RunConfig], directories: list[Path]) -> None:
                            "per seed)")
 
 
+def run_status(directory: Path) -> str | None:
+    """The status run.json records (None when it is missing or unreadable)."""
+    try:
+        info = results.read_json(directory / results.RUN)
+    except (OSError, ValueError):
+        return None
+    return info.get("status") if isinstance(info, dict) else None
+
+
 def print_results(directories: list[Path]) -> None:
     """The finished runs' leaderboard (mean ± std over seeds) and the published rows."""
     from harness import leaderboard
 
-    finished = [d for d in directories
-                if results.read_json(d / results.RUN).get("status") == "finished"]
+    finished = [d for d in directories if run_status(d) == "finished"]
     if not finished:
         return
     frame, metrics = leaderboard.load_runs(finished)

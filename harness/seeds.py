@@ -79,15 +79,16 @@ def train_group(
         print(f"note: training the {len(configs)} seeds one after another: {reason}",
               file=sys.stderr)
     done: list[Path] = []
+    codes = []
     for i, config in enumerate(configs):
         run = first if i == 0 else build_run(config, pm)
         with locked_directory(run, directories[i] if directories else None):
             assert run.directory is not None
             done.append(run.directory)
-            code = execute_one(run, resumes[i])
-        if code not in (0, 1):
-            return done, code
-    return done, max(code_of(d) for d in done)
+            codes.append(execute_one(run, resumes[i]))
+        if codes[-1] not in (0, 1):  # interrupted: the seeds not started stay so
+            return done, codes[-1]
+    return done, max(codes)
 
 
 @contextlib.contextmanager
@@ -100,11 +101,6 @@ def locked_directory(run: Run, directory: Path | None) -> Any:
     run.directory = results.create_run_dir(run.config.out, run_name(run.config))
     with results.RunLock(run.directory):
         yield
-
-
-def code_of(directory: Path) -> int:
-    info = results.read_json(directory / results.RUN)
-    return 0 if info.get("status") == "finished" else 1
 
 
 def train_vectorised(

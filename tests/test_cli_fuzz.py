@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import build, cli
+from harness import build, seeds
 from harness.cli import OPTION_FLAGS, RUN_FLAGS, main
 from harness.config import COMPONENT_FIELDS
 from harness.manager import get_plugin_manager
@@ -51,7 +51,7 @@ def option_keys() -> list[tuple[str, str, str]]:
 @pytest.fixture
 def invoke(tmp_path, monkeypatch, capfd):
     """``harness run ...`` in-process with training stubbed out; returns (code, stderr)."""
-    monkeypatch.setattr(cli, "execute", lambda run, resume: 0)
+    monkeypatch.setattr(seeds, "execute_one", lambda run, resume: 0)
     monkeypatch.chdir(tmp_path)  # a fuzzed --out or --config is relative to it
     # a 2 GiB machine: legal but large sizes are refused by the memory estimates (exercising
     # them) instead of allocating gigabytes on the test machine
