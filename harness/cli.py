@@ -251,6 +251,9 @@ def command_run(args: argparse.Namespace) -> int:
 
     pm = get_plugin_manager()
     if args.resume:
+        resolved = [d.resolve() for d in args.resume]
+        if len(set(resolved)) < len(resolved):  # before locking: the lock would refuse itself
+            raise HarnessError("--resume: a run directory is given twice (valid: distinct runs)")
         with contextlib.ExitStack() as locks:
             configs, resumes = [], []
             for directory in args.resume:
@@ -304,8 +307,6 @@ def resumable(args: argparse.Namespace, directory: Path, locks: contextlib.ExitS
 
 def check_group(configs: list[RunConfig], directories: list[Path]) -> None:
     """Run directories resumed together must be one composition with different seeds."""
-    if len(set(directories)) < len(directories):
-        raise HarnessError("--resume: a run directory is given twice (valid: distinct runs)")
     first = configs[0].model_dump(mode="json", exclude={"seed"})
     for config, directory in zip(configs[1:], directories[1:], strict=True):
         other = config.model_dump(mode="json", exclude={"seed"})

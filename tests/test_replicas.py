@@ -179,3 +179,15 @@ def test_resuming_runs_of_different_compositions_together_is_refused(cli, pm, tm
     dirs = [runs_dirs(tmp_path / cond)[0] for cond in ("kmeans_d", "random")]
     result = cli("run", "--resume", *dirs)
     assert result.code == 2 and "differs from" in result.err and "cond" in result.err
+
+
+def test_resuming_one_directory_twice_is_refused_before_locking(cli, pm, tmp_path):
+    pm.register(StopAt(3), name="stop-at")
+    try:
+        cli("run", *FAST, "--out", tmp_path)
+    finally:
+        pm.unregister(name="stop-at")
+    (run_dir,) = runs_dirs(tmp_path)
+    for twice in ([run_dir, run_dir], [run_dir, f"{run_dir}/"]):
+        result = cli("run", "--resume", *twice)
+        assert result.code == 2 and "given twice" in result.err, result.err
