@@ -57,10 +57,11 @@ class BareLoop:
     def __init__(self, run: Run) -> None:
         self.batch = run.config.batch_size
         self.z_dim = run.resolved["z_dim"]
-        self.g = copy.deepcopy(run.generator)  # same classes and initial weights
+        self.g = copy.deepcopy(run.generator)  # same classes and initial weights; the same
+        # optimiser implementation as the harness (fused: harness.step.optimizer_factory)
         self.d = copy.deepcopy(run.discriminator)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR, betas=BETAS, foreach=True)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR, betas=BETAS, foreach=True)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR, betas=BETAS, fused=True)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR, betas=BETAS, fused=True)
         self.data = run.dataset.x.clone()  # uint8 for images, float for 2-D points
         self.labels = run.conditioner.labels.clone()  # fixed label of every real example
         self.weights = run.conditioner.class_weights().clone()  # P(c) for fake labels

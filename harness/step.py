@@ -24,23 +24,29 @@ if TYPE_CHECKING:
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
 }
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 def optimizer_factory(config: RunConfig) -> OptimizerFactory:
     """``make(parameters, lr, betas=None)``: an optimiser of ``config.optimizer``'s kind with
     its ``weight_decay``; ``betas=None`` takes D's betas.
 
-    The multi-tensor (``foreach``) implementation on every device: the same arithmetic as the
-    per-parameter loop, bit for bit, with one kernel per operation instead of one per
-    parameter (the fused one rounds differently, so it is not used)."""
+    The fused implementation (one kernel per step for all parameters) on CPU and CUDA, the
+    multi-tensor (``foreach``) one elsewhere. Fused is the same algorithm; it rounds
+    differently from ``foreach`` and the per-parameter loop in the last bit (measured: at
+    most 1.2e-7 after 5 steps) and makes the 2-D ``mlp`` step 1.13x faster on CPU
+    (``benchmarks/bench_official.py``). A resumed run keeps the implementation it was
+    saved with (the optimiser's state dict carries it), so resuming stays exact."""
     kind = OPTIMIZERS[config.optimizer]
     decay = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
 
     def make(
         parameters: list[nn.Parameter], lr: float, betas: tuple[float, float] | None = None
     ) -> torch.optim.Optimizer:
-        return kind(parameters, lr=lr, betas=betas or config.network_betas("d"), foreach=True,
-                    **decay)
+        parameters = list(parameters)
+        fused = all(p.device.type in FUSED_DEVICES for p in parameters)
+        return kind(parameters, lr=lr, betas=betas or config.network_betas("d"), **decay,
+                    **({"fused": True} if fused else {"foreach": True}))
 
     return make
 
