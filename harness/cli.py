@@ -84,6 +84,19 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
 OPTION_FLAGS = ("prior", "cond", "backbone", "dataset", "loss", "reg", "augment")
 
 
+class GivenOnce(argparse.Action):
+    """Store a flag's value; giving the flag twice is a usage error (a second list would
+    otherwise silently replace the first)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice (valid: once; {option_string} "
+                         "takes a list)" if self.dest == "seeds" else
+                         f"{option_string} is given twice (valid: once)")
+        setattr(namespace, self.dest, values)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (no usage dump), exit code 2."""
 
@@ -123,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Inception weights file for fid_inception (default: "
                      "$HARNESS_INCEPTION_WEIGHTS, else the torch hub cache)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    run.add_argument("--seeds", metavar="SEEDS",
-                     help="train several seeds, e.g. 0-9 or 0,3,7: one run directory each, "
-                     "trained together in this process (vectorised) when the composition "
-                     "allows, else one after another")
-    run.add_argument("--sequential", action="store_true",
-                     help="with --seeds or several --resume: train the seeds one after another")
+    run.add_argument("--seeds", metavar="SEEDS", action=GivenOnce,
+                     help="train several seeds, e.g. 0-9 or 0,3,7: one run directory each "
+                     "(given once: a list, not repeated)")
+    run.add_argument("--vectorise", choices=("auto", "yes", "no"), action=GivenOnce,
+                     help="with --seeds or several --resume: train the seeds together in one "
+                     "vectorised step (yes), one after another (no), or auto (default: "
+                     "together on CUDA when the composition allows, one after another on the "
+                     "CPU, where together measured no faster)")
     run.add_argument("--resume", type=path_arg, nargs="+", metavar="RUN_DIR",
                      help="continue interrupted runs from their last checkpoints (several: "
                      "one composition, different seeds, trained together)")
@@ -250,6 +265,13 @@ def command_run(args: argparse.Namespace) -> int:
     from harness import seeds
 
     pm = get_plugin_manager()
+    if args.resume and args.seeds is not None:
+        raise HarnessError("--seeds cannot be combined with --resume (valid: one of them; the "
+                           "resumed run directories fix their seeds)")
+    if args.vectorise is not None and len(args.resume or []) < 2 and args.seeds is None:
+        raise HarnessError(f"--vectorise {args.vectorise}: needs several seeds (valid: with "
+                           "--seeds, or --resume with several run directories)")
+    vectorise = args.vectorise or "auto"
     if args.resume:
         resolved = [d.resolve() for d in args.resume]
         if len(set(resolved)) < len(resolved):  # before locking: the lock would refuse itself
@@ -261,7 +283,7 @@ def command_run(args: argparse.Namespace) -> int:
                 configs.append(config)
                 resumes.append({"changed": changed})
             check_group(configs, args.resume)
-            paths, code = seeds.train_group(configs, pm, sequential=args.sequential,
+            paths, code = seeds.train_group(configs, pm, vectorise=vectorise,
                                             directories=args.resume, resumes=resumes)
     else:
         config = config_from_args(args, pm)
@@ -271,7 +293,7 @@ def command_run(args: argparse.Namespace) -> int:
         configs = [config if s == config.seed else
                    make_config({**config.model_dump(mode="json"), "seed": s}) for s in chosen]
         results.check_output_dir(config.out)
-        paths, code = seeds.train_group(configs, pm, sequential=args.sequential)
+        paths, code = seeds.train_group(configs, pm, vectorise=vectorise)
     print_results(paths)
     return code
 
@@ -282,10 +304,17 @@ def resumable(args: argparse.Namespace, directory: Path, locks: contextlib.ExitS
     with the flags given beside ``--resume`` applied, and what they change."""
     if not directory.is_dir():
         raise HarnessError(f"--resume {directory}: no such run directory")
-    for name in (results.RUN, results.CONFIG):  # before the lock file is made in it
-        read_run_file(directory, name)
+    # checked before the lock file is made in it (a refused directory stays untouched), and
+    # again once it is locked (another process may have changed it meanwhile)
+    read_run_file(directory, results.CONFIG)
+    check_status(directory, read_run_file(directory, results.RUN))
     locks.enter_context(results.RunLock(directory))
-    info = read_run_file(directory, results.RUN)
+    check_status(directory, read_run_file(directory, results.RUN))
+    return resume_config(args, directory)
+
+
+def check_status(directory: Path, info: Any) -> None:
+    """``run.json``'s ``info`` must record a resumable run with its checkpoint in place."""
     if not isinstance(info, dict):
         raise HarnessError(f"--resume {directory}: {results.RUN} holds no run status")
     status = info.get("status")
@@ -302,7 +331,6 @@ def resumable(args: argparse.Namespace, directory: Path, locks: contextlib.ExitS
         raise HarnessError(
             f"--resume {directory}: {results.RUN} records a checkpoint of step {kept}, "
             f"but {results.CHECKPOINT} is missing (valid: restore it, or start a new run)")
-    return resume_config(args, directory)
 
 
 def check_group(configs: list[RunConfig], directories: list[Path]) -> None:

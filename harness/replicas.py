@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
 from harness import results
 from harness.api import Scored, StepTerms
@@ -63,11 +64,23 @@ def blocker(run: Run) -> str | None:
             return f"{fld} {getattr(cfg, fld)!r} adds its own terms to the training step"
     if type(run.augmentation).d_terms is not StepTerms.d_terms:
         return f"augment {cfg.augment!r} adds its own terms to the training step"
+    if any(spectral_norm(m) for net in (run.generator, run.discriminator) for m in net.modules()):
+        return f"backbone {cfg.backbone!r} uses spectral norm (its power iteration updates " \
+            "its buffers in place, which vmap cannot batch)"
     try:
         probe(run)
     except Exception as exc:  # no batching rule, data-dependent control flow, RNG inside
         return f"backbone {cfg.backbone!r} cannot be vectorised ({describe(exc)[:160]})"
     return None
+
+
+def spectral_norm(module: nn.Module) -> bool:
+    """Whether ``module`` has spectral norm applied, in either of torch's two forms (the
+    parametrization's class is private, so it is recognised by name)."""
+    parametrized = getattr(module, "parametrizations", {})
+    return any("SpectralNorm" in type(p).__name__ for ps in parametrized.values() for p in ps
+               ) or any(
+        isinstance(hook, SpectralNormHook) for hook in module._forward_pre_hooks.values())
 
 
 def probe(run: Run) -> None:

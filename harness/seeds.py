@@ -2,12 +2,14 @@
 
 Each seed gets an ordinary run directory. When the composition can be vectorised
 (``harness.replicas.blocker``) the seeds train as one ``Replicas`` group in this process;
-otherwise (or with ``--sequential``) one after another, with a note saying why.
+otherwise (or with ``--vectorise no``, or on the CPU by default) one after another, with a
+note saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import sys
 import traceback
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from harness import results
-from harness.build import build_run
+from harness.build import available_memory, build_run
 from harness.config import MAX_SEED, RunConfig
 from harness.errors import HarnessError, RunFailed, one_line
 from harness.manager import PluginManager
@@ -25,6 +27,7 @@ from harness.replicas import blocker, rng_state
 from harness.run import Run, run_name
 
 MAX_SEEDS = 1000
+VECTORISE = ("auto", "yes", "no")
 SEEDS_SYNTAX = "e.g. 0-9, 0,3,7 or 0-4,10"
 
 
@@ -34,7 +37,7 @@ def parse_seeds(text: str) -> list[int]:
     repeated seed or more than ``MAX_SEEDS`` seeds."""
     seeds: list[int] = []
     for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
         if not match:
             raise HarnessError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range "
                                f"A-B ({SEEDS_SYNTAX})")
@@ -56,20 +59,28 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def train_group(
-    configs: list[RunConfig], pm: PluginManager, *, sequential: bool = False,
+    configs: list[RunConfig], pm: PluginManager, *, vectorise: str = "auto",
     directories: list[Path] | None = None, resumes: list[dict[str, Any] | None] | None = None,
 ) -> tuple[list[Path], int]:
     """Train ``configs`` (one composition, different seeds): new run directories under each
     config's ``out``, or the given ``directories`` (resumed, already locked by the caller).
 
+    ``vectorise`` (one of ``VECTORISE``): ``yes`` trains the seeds as one ``Replicas`` group
+    (``HarnessError`` when the composition cannot be vectorised, or the group would not fit
+    in memory), ``no`` one after another, ``auto`` together on CUDA when the composition
+    allows and one after another on the CPU (where ``benchmarks/bench_seeds.py`` measured
+    0.7-1.25x the throughput of one after another: the 2-D step is compute-bound there).
     Every config is built (and so validated) before anything is written. Returns the run
     directories and the exit code: 0 when every run finished, 1 when one failed, 130 / 143
     when a signal stopped them.
     """
+    if vectorise not in VECTORISE:
+        raise HarnessError(f"vectorise {vectorise!r} (valid: {', '.join(VECTORISE)})")
     resumes = resumes or [None] * len(configs)
     first = build_run(configs[0], pm)
-    reason = None if len(configs) == 1 else "--sequential" if sequential else blocker(first)
+    reason = None if len(configs) == 1 else sequential_reason(first, vectorise)
     if reason is None and len(configs) > 1:
+        check_group_memory(first, len(configs))
         runs, states = [first], [rng_state(first.device)]
         for config in configs[1:]:
             runs.append(build_run(config, pm))
@@ -86,9 +97,65 @@ def train_group(
             assert run.directory is not None
             done.append(run.directory)
             codes.append(execute_one(run, resumes[i]))
-        if codes[-1] not in (0, 1):  # interrupted: the seeds not started stay so
+        if codes[-1] not in (0, 1):  # interrupted: say what the stop left undone
+            report_not_started(configs[i + 1:], directories[i:] if directories else None)
             return done, codes[-1]
     return done, max(codes)
+
+
+def sequential_reason(run: Run, vectorise: str) -> str | None:
+    """Why a group of ``run``'s composition trains one seed after another (None: together)."""
+    if vectorise == "no":
+        return "--vectorise no"
+    reason = blocker(run)
+    if reason is not None and vectorise == "yes":
+        raise HarnessError(f"--vectorise yes: {reason} (valid: --vectorise auto or no)")
+    if reason is None and vectorise == "auto" and run.device.type != "cuda":
+        return ("on the CPU, training them together measured no faster "
+                "(benchmarks/bench_seeds.py); --vectorise yes forces it")
+    return reason
+
+
+def check_group_memory(run: Run, n: int) -> None:
+    """Refuse a vectorised group of ``n`` replicas of ``run`` that would not fit in memory
+    (``HarnessError``, before anything is written). Each replica holds its own dataset and
+    conditioner tensors and its networks' training state (weights, gradients, Adam's two
+    moments, the EMA copy): an estimate, counting the tensors the run's objects hold."""
+    per_run = 5 * tensor_bytes(run.generator) + 4 * tensor_bytes(run.discriminator) + sum(
+        tensor_bytes(part) for part in (run.dataset, run.conditioner, run.prior))
+    need, available = n * per_run, available_memory()
+    if need > available:
+        raise HarnessError(
+            f"--seeds: {n} seeds trained together need about {need / 2**30:.1f} GiB "
+            f"({per_run / 2**20:.0f} MiB each), {available / 2**30:.1f} GiB is available "
+            f"(valid: at most {max(1, available // per_run)} seeds, or --vectorise no)")
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors ``obj`` holds: a module's parameters and buffers, or the tensors
+    among an object's attributes (one level deep, in lists, tuples and dicts too)."""
+    if isinstance(obj, torch.nn.Module):
+        return sum(t.numel() * t.element_size()
+                   for t in itertools.chain(obj.parameters(), obj.buffers()))
+    values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    for value in list(values):
+        if isinstance(value, (list, tuple)):
+            values.extend(value)
+        elif isinstance(value, dict):
+            values.extend(value.values())
+    return sum(v.numel() * v.element_size() for v in values if torch.is_tensor(v))
+
+
+def report_not_started(configs: list[RunConfig], directories: list[Path] | None) -> None:
+    """After a stop in a one-after-another group: the seeds it did not reach."""
+    if directories is not None:
+        if len(directories) > 1:
+            print("continue them all with: harness run --resume "
+                  + " ".join(str(d) for d in directories), file=sys.stderr)
+    elif configs:
+        listed = ",".join(str(c.seed) for c in configs)
+        print(f"not started: seeds {listed} (start them with the same command and "
+              f"--seeds {listed})", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -151,7 +218,8 @@ def report_interrupted(runs: list[Run]) -> None:
         print(f"interrupted: {run.directory} ({where})", file=sys.stderr)
     signal_name = runs[0].stop_signal or "stop requested"
     print(f"\ninterrupted ({signal_name}); continue with: harness run --resume "
-          + " ".join(str(run.directory) for run in unfinished), file=sys.stderr)
+          + " ".join(str(run.directory) for run in unfinished)
+          + (" --vectorise yes" if len(unfinished) > 1 else ""), file=sys.stderr)
 
 
 def execute_one(run: Run, resume: dict[str, Any] | None) -> int:

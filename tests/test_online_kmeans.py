@@ -138,7 +138,7 @@ def test_training_on_ring_keeps_several_clusters(cli, tmp_path):
     seeds, trained together, must have a median NMI above 0.5."""
     result = cli("run", *RUN, "--steps", "400", "--lr-d", "3e-4", "--eval-samples", "2000",
                  "--no-progress", "--dataset-opt", "size=2000", "--seeds", "0-2",
-                 "--out", tmp_path)
+                 "--vectorise", "yes", "--out", tmp_path)
     assert result.code == 0, result.err
     nmi = sorted(json.loads((d / "metrics.json").read_text())["cluster_nmi"]
                  for d in tmp_path.iterdir() if d.is_dir())

@@ -76,7 +76,7 @@ def test_replicas_draw_what_single_runs_draw_and_agree_to_float_tolerance(pm, tm
 
 
 def test_seeds_make_ordinary_run_directories(cli, tmp_path):
-    result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--out", tmp_path)
+    result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--vectorise", "yes", "--out", tmp_path)
     assert result.code == 0, result.err
     assert "3 seeds together (vectorised)" in result.err
     dirs = runs_dirs(tmp_path)
@@ -93,7 +93,8 @@ def test_seeds_make_ordinary_run_directories(cli, tmp_path):
 
 
 def test_interrupted_group_resumes_exactly(cli, pm, tmp_path):
-    args = ["run", *FAST, *SMALL, "--seeds", "0,1", "--checkpoint-every", "10"]
+    args = ["run", *FAST, *SMALL, "--seeds", "0,1", "--checkpoint-every", "10",
+            "--vectorise", "yes"]
     assert cli(*args, "--out", tmp_path / "straight").code == 0
     pm.register(StopAt(12), name="stop-at")
     try:
@@ -105,7 +106,7 @@ def test_interrupted_group_resumes_exactly(cli, pm, tmp_path):
     assert f"--resume {dirs[0]} {dirs[1]}" in stopped.err
     for d in dirs:
         assert json.loads((d / "run.json").read_text())["status"] == "interrupted"
-    resumed = cli("run", "--resume", *dirs, "--no-progress")
+    resumed = cli("run", "--resume", *dirs, "--no-progress", "--vectorise", "yes")
     assert resumed.code == 0, resumed.err
     for a, b in zip(dirs, runs_dirs(tmp_path / "straight"), strict=True):
         assert (a / "metrics.json").read_text() == (b / "metrics.json").read_text()
@@ -128,7 +129,8 @@ class PoisonSeed:
 def test_a_diverged_seed_fails_alone(cli, pm, tmp_path):
     pm.register(PoisonSeed(), name="poison")
     try:
-        result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--out", tmp_path)
+        result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--vectorise", "yes",
+                     "--out", tmp_path)
     finally:
         pm.unregister(name="poison")
     assert result.code == 1
@@ -155,6 +157,7 @@ def test_parse_seeds(text, seeds):
 @pytest.mark.parametrize(("text", "message"), [
     ("a", "'a' is not a seed"), ("3-1", "is empty"), ("1,1", "seed 1 is given twice"),
     ("0-5000", "at most 1000"), ("-1", "is not a seed"), ("", "is not a seed"),
+    ("\u0663", "is not a seed"), ("0-\uff19", "is not a seed"),  # non-ASCII digits
 ])
 def test_bad_seeds_are_one_line(text, message):
     with pytest.raises(HarnessError, match=message):
@@ -163,7 +166,12 @@ def test_bad_seeds_are_one_line(text, message):
 
 def test_bad_seed_flags_write_nothing(cli, tmp_path):
     for args, message in [(["--seeds", "0-x"], "is not a seed"),
-                          (["--seeds", "0-1", "--seed", "3"], "cannot be combined")]:
+                          (["--seeds", "0-1", "--seed", "3"], "cannot be combined"),
+                          (["--seeds", "0-1", "--seeds", "2-3"], "--seeds is given twice"),
+                          (["--vectorise", "no"], "needs several seeds"),
+                          (["--seeds", "0-1", "--vectorise", "maybe"], "invalid choice"),
+                          (["--seeds", "0,1", "--vectorise", "yes", "--reg", "r1"],
+                           "--vectorise yes: reg 'r1' adds its own terms")]:
         result = cli("run", *FAST, *args, "--out", tmp_path / "out")
         assert result.code == 2 and message in result.err and "Traceback" not in result.err
         assert not (tmp_path / "out").exists()
@@ -191,3 +199,60 @@ def test_resuming_one_directory_twice_is_refused_before_locking(cli, pm, tmp_pat
     for twice in ([run_dir, run_dir], [run_dir, f"{run_dir}/"]):
         result = cli("run", "--resume", *twice)
         assert result.code == 2 and "given twice" in result.err, result.err
+
+
+def test_on_the_cpu_seeds_train_one_after_another_by_default(cli, tmp_path):
+    result = cli("run", *FAST, *SMALL, "--seeds", "0,1", "--steps", "3", "--out", tmp_path)
+    assert result.code == 0, result.err
+    assert "one after another: on the CPU, training them together measured no faster" \
+        in result.err
+    assert len(runs_dirs(tmp_path)) == 2
+
+
+def test_a_group_too_large_for_memory_is_refused_before_anything_is_written(
+        cli, monkeypatch, tmp_path):
+    monkeypatch.setattr("harness.seeds.available_memory", lambda: 2**20)
+    result = cli("run", *FAST, *SMALL, "--seeds", "0-9", "--vectorise", "yes",
+                 "--out", tmp_path / "out")
+    assert result.code == 2 and "10 seeds trained together need about" in result.err
+    assert "--vectorise no" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stopped_sequential_group_names_the_seeds_not_started(cli, pm, tmp_path):
+    pm.register(StopAt(2), name="stop-at")
+    try:
+        result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--vectorise", "no",
+                     "--out", tmp_path)
+    finally:
+        pm.unregister(name="stop-at")
+    assert result.code == 130
+    assert "not started: seeds 1,2" in result.err and "--seeds 1,2" in result.err
+    assert len(runs_dirs(tmp_path)) == 1
+
+
+def test_seeds_and_resume_together_are_refused(cli, pm, tmp_path):
+    pm.register(StopAt(3), name="stop-at")
+    try:
+        cli("run", *FAST, "--out", tmp_path)
+    finally:
+        pm.unregister(name="stop-at")
+    (run_dir,) = runs_dirs(tmp_path)
+    result = cli("run", "--resume", run_dir, "--seeds", "0-1")
+    assert result.code == 2 and "--seeds cannot be combined with --resume" in result.err
+
+
+def test_a_refused_resume_leaves_the_directory_untouched(cli, tmp_path):
+    assert cli("run", *FAST, "--steps", "2", "--out", tmp_path).code == 0
+    (run_dir,) = runs_dirs(tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    result = cli("run", "--resume", run_dir)
+    assert result.code == 2 and "already finished" in result.err
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
+def test_spectral_norm_backbones_are_named_as_the_reason(pm):
+    run = build_run(make_config({"backbone": "resnet", "dataset": "digits", "cond": "random",
+                                 "backbone_options": {"width": 4}, "progress": False,
+                                 "metrics": ["cluster_agreement"]}), pm)
+    assert "uses spectral norm" in blocker(run)
