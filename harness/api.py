@@ -20,6 +20,7 @@ from torch import nn
 from harness.config import no_bool_numbers
 
 if TYPE_CHECKING:
+    from harness.config import RunConfig
     from harness.run import Run
 
 
@@ -469,6 +470,13 @@ class Metric(Component, ABC):
         Override to record a file by its content (a hash) rather than its local path, so
         that runs on machines with different caches still aggregate."""
         return self.options.model_dump(mode="json")
+
+    @classmethod
+    def option_defaults(cls, config: RunConfig) -> dict[str, Any]:
+        """Options the metric derives from the run's settings where ``--metric-opt`` gives
+        none, e.g. the FID family's ``samples = min(10000, config.eval_samples)``; recorded
+        in ``config.json`` like every resolved option. Default: none."""
+        return {}
 
     @classmethod
     def supports(cls, spec: DataSpec) -> bool:

@@ -278,7 +278,8 @@ def build_metrics(
                 f"metric {name!r} does not apply to dataset {config.dataset!r} "
                 f"(valid: {', '.join(supported)})"
             )
-        opts = validate_options("metric", name, cls, config.metric_options.get(name, {}))
+        given = config.metric_options.get(name, {})
+        opts = validate_options("metric", name, cls, {**cls.option_defaults(config), **given})
         try:
             metric = cls(opts)
             metric.check(dataset)

@@ -442,3 +442,21 @@ def test_lpips_recon_refuses_non_finite_generated_images(after: int, message: st
     with pytest.raises(MetricError) as info:
         metric.compute(None, run)
     assert str(info.value) == message
+
+
+def test_fidelity_samples_follow_eval_samples_unless_given(pm: PluginManager) -> None:
+    from harness.build import build_run
+    from harness.config import make_config
+
+    def resolved(eval_samples: int, given: dict | None = None) -> dict:
+        config = make_config({"dataset": "digits", "metrics": ["fid_digits"],
+                              "eval_samples": eval_samples, "progress": False,
+                              "metric_options": {"fid_digits": given or {}}})
+        options = build_run(config, pm).resolved["metrics"]["fid_digits"]
+        return {k: options[k] for k in ("samples", "isc_splits", "prc_neighborhood")}
+
+    assert resolved(50_000) == {"samples": 10_000, "isc_splits": 10, "prc_neighborhood": 3}
+    assert resolved(500) == {"samples": 500, "isc_splits": 10, "prc_neighborhood": 3}
+    assert resolved(3) == {"samples": 3, "isc_splits": 3, "prc_neighborhood": 2}
+    assert resolved(500, {"samples": 2000}) == {"samples": 2000, "isc_splits": 10,
+                                                "prc_neighborhood": 3}

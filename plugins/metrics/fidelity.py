@@ -56,6 +56,7 @@ from harness_plugins.metrics.digit_classifier import (
 )
 
 if TYPE_CHECKING:
+    from harness.config import RunConfig
     from harness.run import Run
 
 DIGITS_EXTRACTOR = "digits-cnn"
@@ -191,9 +192,16 @@ def reference_cache_name(
     return f"gan-harness-real-{digest.hexdigest()[:32]}"
 
 
+DEFAULT_SAMPLES = 10_000
+"""Generated images (and at most as many real) when neither ``samples`` nor a smaller
+``--eval-samples`` is given: the count the papers' FID protocols use on CIFAR-scale data."""
+
+
 class FidelityOptions(Options):
     samples: int = Field(
-        10_000, ge=2, le=200_000, description="generated images (and at most this many real)"
+        DEFAULT_SAMPLES, ge=2, le=200_000,
+        description="generated images (and at most this many real); default: --eval-samples, "
+        f"at most {DEFAULT_SAMPLES}",
     )
     metrics: list[MetricName] = Field(
         ["fid", "kid", "is", "prc"], min_length=1, description="which of fid, kid, is, prc"
@@ -246,6 +254,17 @@ class FidelityMetric(Metric):
             )
         self.cache_root: Path | None = cache_dir() / "fidelity"
         """Where the real images' features are cached; None: extracted at every call."""
+
+    @classmethod
+    def option_defaults(cls, config: RunConfig) -> dict[str, Any]:
+        """``samples``: ``--eval-samples``, at most 10000, so that a quick run evaluates
+        quickly (the count is part of every result's name: ``fid_digits_500``); IS splits
+        and the PRC neighbourhood shrink with it when fewer samples leave them invalid."""
+        samples = max(2, min(DEFAULT_SAMPLES, config.eval_samples))
+        fields = cls.Options.model_fields
+        return {"samples": samples,
+                "isc_splits": min(fields["isc_splits"].default, samples),
+                "prc_neighborhood": min(fields["prc_neighborhood"].default, samples - 1)}
 
     @abstractmethod
     def extractor(self, run: Run) -> tuple[str, str, str]:
