@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from harness import __version__, results
 from harness.build import with_component_defaults
+from harness.commands import add_parsers
 from harness.config import (
     COMPONENT_FIELDS,
     INCEPTION_WEIGHTS_ENV,
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the table (and the comparison) as Markdown")
     add_analysis_parsers(commands)
     add_suite_parser(commands)
+    add_parsers(commands)
     return parser
 
 
@@ -715,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
     for warning in get_plugin_manager().load_errors.values():
         print(f"warning: {one_line(warning)}", file=sys.stderr)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except HarnessError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
