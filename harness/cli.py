@@ -654,6 +654,9 @@ def add_suite_parser(commands: Any) -> None:
                        "published schedule); default: quick")
     suite.add_argument("--seeds", type=int_arg(1, 1000), metavar="N",
                        help="seeds 0..N-1 per row and dataset (default: the profile's)")
+    suite.add_argument("--vectorise", choices=("auto", "yes", "no"), default="auto",
+                       help="train each row's new seeds together as one vectorised job: yes, "
+                       "no, or auto (default: on CUDA only; see harness run --vectorise)")
     suite.add_argument("--executor", default="local",
                        help="local (default), pool, ray, submitit or a plugin's")
     suite.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -703,7 +706,8 @@ def command_suite(args: argparse.Namespace) -> int:
             overrides[name] = str(getattr(args, name))
     return suite_run.command(suite, args.profile, args.seeds, out, overrides, env, pm,
                              executor=(args.executor, executor_options, args.jobs),
-                             dry_run=args.dry_run, show_progress=not args.no_progress)
+                             dry_run=args.dry_run, show_progress=not args.no_progress,
+                             vectorise=args.vectorise)
 
 
 COMMANDS.update(suite=command_suite)

@@ -40,6 +40,14 @@ class Job:
     resume: str | None = None
     log: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    together: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """Further new runs of the same composition, other seeds, as (key, config): trained
+    together with ``config`` as one vectorised group (``harness run --seeds``); each gets
+    its own run directory and outcome. Empty for a job of one run."""
+
+    def run_keys(self) -> list[str]:
+        """The keys of the job's runs: its own, then those trained together with it."""
+        return [self.key, *(key for key, _ in self.together)]
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,13 @@ class Outcome:
     run_dir: str | None
     error: str | None = None
     seconds: float = 0.0
+    members: tuple[Outcome, ...] = ()
+    """A job of several runs (``Job.together``): one outcome per run, in ``Job.run_keys`` order;
+    this outcome then summarises them (the worst status)."""
+
+    def runs(self) -> tuple[Outcome, ...]:
+        """The outcome of every run of the job."""
+        return self.members or (self,)
 
 
 def run_job(job: Job) -> Outcome:
@@ -64,6 +79,9 @@ def run_job(job: Job) -> Outcome:
     """
     start = time.perf_counter()
     os.environ.update(job.env)
+    if job.together:
+        with _output_to(job.log), on_stop_signals(raise_interrupt):
+            return _train_together(job, start)
     with _output_to(job.log), on_stop_signals(raise_interrupt):
         directory: Path | None = None
         try:
@@ -114,6 +132,47 @@ def _train(job: Job) -> Path:
                 (run.directory / results.TRACEBACK).write_text(traceback.format_exc())
             raise
     return run.directory
+
+
+def _train_together(job: Job, start: float) -> Outcome:
+    """The job's runs as one vectorised group (``harness.seeds.train_group``); one outcome
+    per run from its ``run.json``. A failure before any run directory exists fails them all."""
+    from harness import results, seeds
+    from harness.config import make_config
+    from harness.errors import one_line
+    from harness.manager import get_plugin_manager
+
+    configs = [make_config(c) for c in (job.config, *(c for _, c in job.together))]
+    try:
+        results.check_output_dir(configs[0].out)
+        paths, _ = seeds.train_group(configs, get_plugin_manager(), vectorise="yes")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the job's outcome
+        error = one_line(f"{type(exc).__name__}: {exc}")
+        members = tuple(Outcome(key, "failed", None, error) for key in job.run_keys())
+    else:
+        members = tuple(_outcome_of_run(key, path) for key, path in zip(
+            job.run_keys(), paths, strict=True))
+    seconds = time.perf_counter() - start
+    members = tuple(Outcome(m.key, m.status, m.run_dir, m.error, seconds) for m in members)
+    for member in members:
+        print(f"job {member.key}: {member.status}"
+              + (f": {member.error}" if member.error else ""), file=sys.stderr)
+    worst = max(members, key=lambda m: ("finished", "interrupted", "failed").index(m.status))
+    return Outcome(job.key, worst.status, worst.run_dir, worst.error, seconds, members)
+
+
+def _outcome_of_run(key: str, directory: Path) -> Outcome:
+    """A trained run's outcome, from the status its ``run.json`` records."""
+    from harness import results
+
+    info = results.read_json(directory / results.RUN)
+    status = info.get("status")
+    if status == "finished":
+        return Outcome(key, "finished", str(directory))
+    if status == "interrupted":
+        return Outcome(key, "interrupted", str(directory),
+                       "stopped by a signal; the suite resumes it")
+    return Outcome(key, "failed", str(directory), info.get("error") or f"status {status}")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ again in a new directory (the failed one is kept and never counted).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import signal
 import sys
 import time
@@ -142,6 +144,35 @@ def make_job(planned: Planned, out: Path, env: dict[str, str]) -> Job:
     return Job(planned.key, planned.config.model_dump(mode="json"), resume, str(log), env)
 
 
+def composition(config: RunConfig) -> str:
+    """The hash of ``config`` without its seed: runs that differ only in seed share it."""
+    return config.model_copy(update={"seed": 0}).short_hash()
+
+
+def make_jobs(jobs: list[Planned], out: Path, env: dict[str, str],
+              together: set[str]) -> list[Job]:
+    """The executor's jobs for the plan's new and resumed runs. New runs whose composition
+    is in ``together`` (``check_compositions``) become one job per (dataset, row), its seeds
+    trained as one vectorised group; every other run is a job of its own."""
+    todo = [j for j in jobs if j.action in ("new", "resume")]
+    groups: dict[tuple[str, str], list[Planned]] = {}
+    for planned in todo:
+        if planned.action == "new" and composition(planned.config) in together:
+            groups.setdefault((planned.dataset, planned.row), []).append(planned)
+    made = []
+    for planned in todo:
+        group = groups.get((planned.dataset, planned.row), [])
+        if planned not in group:
+            made.append(make_job(planned, out, env))
+        elif planned is group[0]:
+            first = make_job(planned, out, env)
+            seeds = ",".join(str(p.seed) for p in group)
+            log = out / LOGS / f"{planned.dataset}-{planned.row}-s{seeds}.log"
+            made.append(dataclasses.replace(first, log=str(log), together=tuple(
+                (p.key, p.config.model_dump(mode="json")) for p in group[1:])))
+    return made
+
+
 # ----------------------------------------------------------------------------- running
 class SuiteProgress:
     """Runs done / running / failed and an ETA, on stderr, with rich."""
@@ -204,7 +235,8 @@ def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool,
     """Submit every job and collect the outcomes as they finish; once ``stopper`` has seen
     a signal, submit no more and collect the stopping runs' outcomes."""
     outcomes: list[Outcome] = []
-    progress = SuiteProgress(len(jobs), executor.slots, show_progress)
+    runs = sum(len(job.run_keys()) for job in jobs)
+    progress = SuiteProgress(runs, executor.slots, show_progress)
     pending: dict[Future[Outcome], Job] = {}
     with progress.progress:
         for job in jobs:
@@ -214,22 +246,26 @@ def execute_jobs(executor: Executor, jobs: list[Job], show_progress: bool,
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
-                outcome = outcome_of(future, pending.pop(future))
-                if outcome.run_dir or outcome.status != "interrupted":  # not just cancelled
-                    outcomes.append(outcome)
-                    progress.record(outcome)
+                for outcome in outcome_of(future, pending.pop(future)).runs():
+                    if outcome.run_dir or outcome.status != "interrupted":  # not cancelled
+                        outcomes.append(outcome)
+                        progress.record(outcome)
             progress.update()
     return outcomes
 
 
 def outcome_of(future: Future[Outcome], job: Job) -> Outcome:
-    """A finished future's outcome; an engine error (a lost worker) is a failed outcome."""
+    """A finished future's outcome; an engine error (a lost worker) is a failed outcome for
+    each of the job's runs."""
     if future.cancelled():
-        return Outcome(job.key, "interrupted", None, "cancelled before it started")
-    try:
-        return future.result()
-    except BaseException as exc:  # noqa: BLE001 - the engine's own failure, e.g. a dead worker
-        return Outcome(job.key, "failed", None, one_line(f"{type(exc).__name__}: {exc}"))
+        status, error = "interrupted", "cancelled before it started"
+    else:
+        try:
+            return future.result()
+        except BaseException as exc:  # noqa: BLE001 - the engine's failure, e.g. a dead worker
+            status, error = "failed", one_line(f"{type(exc).__name__}: {exc}")
+    members = tuple(Outcome(key, status, None, error) for key in job.run_keys())  # type: ignore[arg-type]
+    return Outcome(job.key, status, None, error, members=members if job.together else ())  # type: ignore[arg-type]
 
 
 def build_executor(pm: PluginManager, name: str, options: dict[str, Any], jobs: int | None,
@@ -240,38 +276,64 @@ def build_executor(pm: PluginManager, name: str, options: dict[str, Any], jobs: 
     return cls(opts, jobs, log_dir)
 
 
-def check_compositions(jobs: list[Planned], pm: PluginManager) -> None:
-    """Build each distinct composition of the plan once (seed 0), as ``harness run`` would
-    before training: every plugin, option, dataset and memory need is checked before any
-    run starts. Raises ``HarnessError`` naming the job."""
-    from harness.build import build_run
+def check_compositions(jobs: list[Planned], pm: PluginManager, vectorise: str = "no"
+                       ) -> set[str]:
+    """Build each distinct composition of the plan once, as ``harness run`` would before
+    training: every plugin, option, dataset and memory need is checked before any run
+    starts. Raises ``HarnessError`` naming the job.
 
-    seen = set()
+    Returns the compositions (``composition``) whose new seeds train together as one
+    vectorised group, by ``vectorise`` as ``harness run --vectorise`` decides it: ``yes``
+    every composition that can be vectorised (``harness.replicas.blocker``) and fits in
+    memory, ``auto`` those on a CUDA device, ``no`` none."""
+    from harness.build import build_run
+    from harness.replicas import blocker
+    from harness.seeds import check_group_memory
+
+    seen, together = set(), set()
     for job in jobs:
         if job.action == "skip":
             continue
-        key = job.config.model_copy(update={"seed": 0}).short_hash()
+        key = composition(job.config)
         if key in seen:
             continue
         seen.add(key)
         try:
-            build_run(job.config, pm)
+            run = build_run(job.config, pm)
         except HarnessError as exc:
             raise ConfigError(f"{job.key}: {one_line(exc)}") from None
+        size = sum(j.action == "new" and composition(j.config) == key for j in jobs)
+        wanted = vectorise == "yes" or (vectorise == "auto" and run.device.type == "cuda")
+        if not wanted or size < 2:
+            continue
+        reason = blocker(run)
+        if reason is None:
+            with contextlib.suppress(HarnessError):
+                check_group_memory(run, size)
+                together.add(key)
+                continue
+            reason = f"{size} seeds together would not fit in memory"
+        if vectorise == "yes":
+            print(f"note: {job.dataset}/{job.row}: seeds train one per job: {reason}",
+                  file=sys.stderr)
+    return together
 
 
 def run_plan(jobs: list[Planned], executor: Executor, out: Path, env: dict[str, str],
-             show_progress: bool, stopper: Stopper) -> tuple[list[Path], list[Outcome]]:
-    """Run the plan's missing jobs; return the finished run directories (skipped and new)
-    and every outcome."""
-    todo = [make_job(j, out, env) for j in jobs if j.action in ("new", "resume")]
+             show_progress: bool, stopper: Stopper, together: set[str] | None = None
+             ) -> tuple[list[Path], list[Outcome]]:
+    """Run the plan's missing jobs (the new seeds of a composition in ``together`` as one
+    vectorised job); return the finished run directories (skipped and new) and every run's
+    outcome."""
+    todo = make_jobs(jobs, out, env, together or set())
+    runs = sum(len(job.run_keys()) for job in todo)
     start = time.perf_counter()
     outcomes = execute_jobs(executor, todo, show_progress, stopper) if todo else []
     if todo:
         counts = {s: sum(o.status == s for o in outcomes)
                   for s in ("finished", "interrupted", "failed")}
-        counts["not started"] = len(todo) - len(outcomes)
-        print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(todo)} "
+        counts["not started"] = runs - len(outcomes)
+        print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {runs} "
               f"run(s) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     finished = [j.run_dir for j in jobs if j.action == "skip" and j.run_dir]
     finished += [Path(o.run_dir) for o in outcomes if o.status == "finished" and o.run_dir]
@@ -314,7 +376,7 @@ def check_executor(pm: PluginManager, name: str, options: dict[str, Any],
 
 def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides: dict[str, Any],
             env: dict[str, str], pm: PluginManager, executor: tuple[str, dict[str, Any],
-            int | None], dry_run: bool, show_progress: bool) -> int:
+            int | None], dry_run: bool, show_progress: bool, vectorise: str = "auto") -> int:
     """``harness suite``: plan, check, run, then print and write the leaderboard.
 
     Exit code 0 when every run finished, 1 when some failed (the table shows the rest),
@@ -329,7 +391,7 @@ def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides:
         return with_component_defaults(values, pm, notes=False)
 
     jobs = plan(suite, profile, seeds, values_for, out)
-    check_compositions(jobs, pm)
+    together = check_compositions(jobs, pm, vectorise)
     print(f"{suite.name}, profile {profile}: {suite.profiles[profile].note}", file=sys.stderr)
     if dry_run:
         print(format_plan(jobs))
@@ -349,7 +411,8 @@ def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides:
             try:
                 for job in jobs:
                     job.config = job.config.model_copy(update={"threads": engine.threads})
-                finished, outcomes = run_plan(jobs, engine, out, env, show_progress, stopper)
+                finished, outcomes = run_plan(jobs, engine, out, env, show_progress, stopper,
+                                              together)
             finally:
                 engine.close()
             stopped = stopper.signal

@@ -376,3 +376,42 @@ def test_within_run_spreads_are_not_metrics():
     assert table.loc[0, "kid_run_std"] == pytest.approx(math.sqrt((0.09 + 0.16) / 2))
     assert "kid_std_mean" not in table
     assert "kid_std" not in leaderboard.render(table, ["kid", "kid_std"]).splitlines()[0].split()
+
+
+def test_a_rows_new_seeds_train_together_as_one_job(cli, tmp_path):
+    file, out = tiny_file(tmp_path, seeds=3), tmp_path / "out"
+    result = cli(*suite_cmd(file, out, "--executor", "pool", "--jobs", "2",
+                            "--vectorise", "yes"))
+    assert result.code == 0, result.err
+    check_board(out, 6)
+    assert sorted(p.name for p in (out / ".suite-logs").iterdir()) == [
+        "ring-kmeans_d-s0,1,2.log", "ring-none-s0,1,2.log"]
+    infos = [results.read_json(d / results.RUN) for d in run_dirs(out)]
+    assert [i["status"] for i in infos] == ["finished"] * 6
+    assert {i["timings"]["replicas"] for i in infos} == {3}
+    assert "6 finished of 6 run(s)" in result.err
+    # a finished seed is skipped; the row's other new seeds still train together
+    victims = [d for d in run_dirs(out)
+               if results.read_json(d / results.CONFIG)["config"]["seed"] != 0]
+    for d in victims:
+        shutil.rmtree(d)
+    shutil.rmtree(out / ".suite-logs")
+    again = cli(*suite_cmd(file, out, "--vectorise", "yes"))
+    assert again.code == 0, again.err
+    assert sorted(p.name for p in (out / ".suite-logs").iterdir()) == [
+        "ring-kmeans_d-s1,2.log", "ring-none-s1,2.log"]
+
+
+def test_on_the_cpu_auto_keeps_one_run_per_job(pm, tmp_path):
+    from harness.suite_run import check_compositions, make_jobs, plan
+
+    suite = load_suites(tiny_file(tmp_path, seeds=2).read_text())["tiny"]
+    jobs = plan(suite, "quick", 2, lambda d, r, s: {
+        **suite.config_values("quick", d, r, s), "out": str(tmp_path / "out")}, tmp_path / "out")
+    assert check_compositions(jobs, pm, "auto") == set()  # no CUDA here
+    assert [j.run_keys() for j in make_jobs(jobs, tmp_path, {}, set())] == [
+        ["ring/none/s0"], ["ring/none/s1"], ["ring/kmeans_d/s0"], ["ring/kmeans_d/s1"]]
+    together = check_compositions(jobs, pm, "yes")
+    assert len(together) == 2
+    assert [j.run_keys() for j in make_jobs(jobs, tmp_path, {}, together)] == [
+        ["ring/none/s0", "ring/none/s1"], ["ring/kmeans_d/s0", "ring/kmeans_d/s1"]]
