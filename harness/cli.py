@@ -1,4 +1,9 @@
-"""The ``harness`` command: run, plugins, leaderboard."""
+"""The ``harness`` command: run, plugins, leaderboard.
+
+Nothing heavy is imported at module level: torch, pandas and pydantic load inside the
+commands that use them, so that ``--help`` and ``--version`` of every command answer without
+them (tests/test_startup.py).
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,16 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from harness import __version__, results
-from harness.build import with_component_defaults
+from harness import __version__
 from harness.commands import add_parsers
-from harness.config import (
-    COMPONENT_FIELDS,
-    INCEPTION_WEIGHTS_ENV,
-    RESUMABLE,
-    RunConfig,
-    load_config_file,
-    make_config,
-    parse_assignments,
-)
-from harness.errors import HarnessError, one_line
-from harness.manager import PluginManager, get_plugin_manager
+from harness.errors import HarnessError, PluginError, one_line
+from harness.manager import get_plugin_manager
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from harness.manager import PluginManager
 
 
 def path_arg(text: str) -> Path:
@@ -74,7 +73,15 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--device": ("device", str, "cpu, cuda or auto (default: cpu)"),
     "--threads": ("threads", int, "torch CPU threads (default: torch's choice)"),
     "--log-every": ("log_every", int, "steps between log.jsonl records (default: 100)"),
+    "--log": ("log", str, "comma-separated loggers: tensorboard, wandb or a plugin's (default: "
+              "none; harness plugins lists them)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (default: 1000)"),
+    "--keep-checkpoints": ("keep_checkpoints", int, "also keep the checkpoint of every K-th "
+                           "step as checkpoints/step-<K*i>.pt (a multiple of "
+                           "--checkpoint-every; default: 0, only the last)"),
+    "--best-metric": ("best_metric", str, "keep checkpoints/best.pt: the weights at the "
+                      "evaluation with the best value of this metric key, e.g. "
+                      "fid_digits_10k (needs --eval-every)"),
     "--sample-every": ("sample_every", int, "steps between sample grids (default: 0, at the end)"),
     "--eval-every": ("eval_every", int, "steps between evaluations (default: 0, at the end)"),
     "--ema-decay": ("ema_decay", float, "evaluate an EMA of G's weights (e.g. 0.999)"),
@@ -173,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     """``base`` settings (a config file's, or {}) updated with the flags given on the line."""
+    from harness.config import parse_assignments
+
     values = dict(base)
     for flag, (field, _, _) in RUN_FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
@@ -216,6 +225,9 @@ def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any
 
 
 def config_from_args(args: argparse.Namespace, pm: PluginManager) -> RunConfig:
+    from harness.build import with_component_defaults
+    from harness.config import INCEPTION_WEIGHTS_ENV, load_config_file, make_config
+
     values = flag_values(args, load_config_file(args.config) if args.config else {})
     config = make_config(with_component_defaults(values, pm))
     if args.inception_weights:
@@ -227,6 +239,9 @@ def resume_config(args: argparse.Namespace, directory: Path) -> tuple[RunConfig,
     """The run's saved config with the flags given beside ``--resume`` applied, and the
     changes ``{field: [old, new]}``. Flags that would change the run are refused: only
     those that extend it (``--steps``, larger) or observe it may differ."""
+    from harness import results
+    from harness.config import INCEPTION_WEIGHTS_ENV, RESUMABLE, make_config
+
     if args.config:
         raise HarnessError("--config cannot be combined with --resume: a run resumes with its "
                            f"own {directory / results.CONFIG}")
@@ -254,6 +269,8 @@ def resume_config(args: argparse.Namespace, directory: Path) -> tuple[RunConfig,
 
 
 def read_run_file(directory: Path, name: str) -> Any:
+    from harness import results
+
     try:
         return results.read_json(directory / name)
     except FileNotFoundError:
@@ -264,7 +281,8 @@ def read_run_file(directory: Path, name: str) -> Any:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from harness import seeds
+    from harness import results, seeds
+    from harness.config import make_config
 
     pm = get_plugin_manager()
     if args.resume and args.seeds is not None:
@@ -304,6 +322,8 @@ def resumable(args: argparse.Namespace, directory: Path, locks: contextlib.ExitS
               ) -> tuple[RunConfig, dict[str, Any]]:
     """Lock a run directory given to ``--resume`` and check it can be resumed; its config
     with the flags given beside ``--resume`` applied, and what they change."""
+    from harness import results
+
     if not directory.is_dir():
         raise HarnessError(f"--resume {directory}: no such run directory")
     # checked before the lock file is made in it (a refused directory stays untouched), and
@@ -317,6 +337,8 @@ def resumable(args: argparse.Namespace, directory: Path, locks: contextlib.ExitS
 
 def check_status(directory: Path, info: Any) -> None:
     """``run.json``'s ``info`` must record a resumable run with its checkpoint in place."""
+    from harness import results
+
     if not isinstance(info, dict):
         raise HarnessError(f"--resume {directory}: {results.RUN} holds no run status")
     status = info.get("status")
@@ -353,6 +375,8 @@ def check_group(configs: list[RunConfig], directories: list[Path]) -> None:
 
 def run_status(directory: Path) -> str | None:
     """The status run.json records (None when it is missing or unreadable)."""
+    from harness import results
+
     try:
         info = results.read_json(directory / results.RUN)
     except (OSError, ValueError):
@@ -399,48 +423,87 @@ def print_published(table: Any, metrics: list[str], chosen: list[Any]) -> Any:
 
 
 def command_plugins(args: argparse.Namespace) -> int:
+    """List every plugin: components by family, then the lifecycle plugins (loggers,
+    figures). Only ``--verbose`` and ``--json`` import the components' modules (for their
+    options); one that cannot be imported or is no subclass of its family's base class is
+    listed with the reason instead."""
     from harness.hookspecs import FAMILIES
 
     pm = get_plugin_manager()
+    detailed = args.verbose or args.json
     listing: dict[str, Any] = {}
     for family in FAMILIES:
         listing[family] = []
         for name, entry in pm.registry(family).items():
             item: dict[str, Any] = {"name": name, "provider": entry.provider}
-            if args.verbose or args.json:
-                cls = entry.load()
-                item["help"] = summary(cls.__doc__)
-                item["options"] = [
-                    {"name": key, "type": _type_name(f.annotation),
-                     "default": cli_value(f.default), "help": f.description or ""}
-                    for key, f in cls.Options.model_fields.items()
-                ]
+            if detailed:
+                item.update(component_details(family, name, entry))
             listing[family].append(item)
+    lifecycle = [{"name": p.name, "provider": p.provider, "hooks": p.hooks,
+                  "help": summary(p.doc)} for p in pm.lifecycle_plugins()]
     if args.json:
-        print(json.dumps({"plugins": listing, "errors": pm.load_errors}, indent=2, default=str))
+        print(json.dumps({"plugins": listing, "lifecycle": lifecycle, "errors": pm.load_errors},
+                         indent=2, default=str))
         return 0
     for family, items in listing.items():
         print(f"{family}:")
         for item in items:
             print(f"  {item['name']:<18} {item['provider']}")
-            if args.verbose:
-                if item["help"]:
-                    print(f"      {item['help']}")
-                for opt in item["options"]:
-                    key = f"{item['name']}.{opt['name']}" if family == "metrics" else opt["name"]
-                    print(f"      --{family_flag(family)}-opt {key}=<{opt['type']}> "
-                          f"(default {opt['default']})  {opt['help']}")
+            if not args.verbose:
+                continue
+            if "error" in item:
+                print(f"      unusable: {item['error']}")
+                continue
+            if item["help"]:
+                print(f"      {item['help']}")
+            for opt in item["options"]:
+                default = "required" if opt["required"] else f"default {opt['default']}"
+                print(f"      {opt['form']} ({default})  {opt['help']}".rstrip())
+    print("lifecycle plugins:")
+    for plugin in lifecycle:
+        hooks = ", ".join(hook.removeprefix("harness_") for hook in plugin["hooks"])
+        print(f"  {plugin['name']:<18} {plugin['provider']}  hooks: {hooks}")
+        if args.verbose and plugin["help"]:
+            print(f"      {plugin['help']}")
     if args.verbose:
-        print("Option values are read as JSON when they parse (numbers, true/false, null, "
-              '["a", "b"] lists), else as text.')
+        print("Options: harness run --prior NAME --prior-opt KEY=VALUE (likewise --cond-opt, "
+              "--backbone-opt, ...), --metric-opt METRIC.KEY=VALUE; executors: harness suite "
+              "--executor NAME --executor-opt KEY=VALUE. Values are read as JSON when they "
+              'parse (numbers, true/false, null, ["a", "b"] lists), else as text.')
     return 0
 
 
-def family_flag(family: str) -> str:
-    """The run flag naming a component of ``family``: ``cond`` for conditioners."""
+def component_details(family: str, name: str, entry: Any) -> dict[str, Any]:
+    """A component's help and options, each with the form the CLI takes it in; or the
+    one-line reason it cannot be loaded (``{"error": ...}``)."""
+    try:
+        cls = entry.load()
+    except PluginError as exc:
+        return {"error": one_line(exc)}
+    flag = family_flag(family)
+    options = []
+    for key, f in cls.Options.model_fields.items():
+        value = f"{name}.{key}" if family == "metrics" else key
+        form = f"{value}=<{_type_name(f.annotation)}>"
+        required = f.is_required()
+        options.append({
+            "name": key, "type": _type_name(f.annotation),
+            "default": None if required else cli_value(f.get_default(call_default_factory=True)),
+            "required": required, "help": f.description or "",
+            "form": f"--{flag}-opt {form}" if flag else f"{form} (no flag sets it)",
+        })
+    return {"help": summary(cls.__doc__), "options": options}
+
+
+def family_flag(family: str) -> str | None:
+    """The flag naming a component of ``family`` (``cond`` for conditioners: ``--cond`` and
+    ``--cond-opt``), ``executor`` for ``harness suite``; None for a family whose components
+    take no options on the command line (loggers)."""
+    from harness.config import COMPONENT_FIELDS
+
     if family in ("metrics", "executors"):
         return family.removesuffix("s")
-    return next(fld for fld, fam in COMPONENT_FIELDS.items() if fam == family)
+    return next((fld for fld, fam in COMPONENT_FIELDS.items() if fam == family), None)
 
 
 def cli_value(value: Any) -> str:
@@ -498,6 +561,8 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 
 def check_output_file(flag: str, path: Path) -> None:
     """A file the user asked for can be written: not a folder, in a writable folder."""
+    from harness import results
+
     path = Path(path)
     reason = (f"{path} is a folder" if path.is_dir()
               else results.unwritable_reason(path.parent))
@@ -508,6 +573,8 @@ def check_output_file(flag: str, path: Path) -> None:
 
 def write_output(path: Path, flag: str, text: str) -> None:
     """Write a table the user asked for, atomically; a one-line error if it cannot be."""
+    from harness import results
+
     try:
         results.atomic_write_bytes(Path(path), text.encode())
     except OSError as exc:
@@ -677,7 +744,8 @@ def add_suite_parser(commands: Any) -> None:
 
 
 def command_suite(args: argparse.Namespace) -> int:
-    from harness import suite_run, suites
+    from harness import results, suite_run, suites
+    from harness.config import INCEPTION_WEIGHTS_ENV, parse_assignments
 
     everything = suites.suites_file(args.file) if args.file else suites.registry_suites()
     if args.list:

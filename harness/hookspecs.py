@@ -1,7 +1,10 @@
 """Hook specifications of the ``harness`` pluggy project.
 
-Registration hooks return ``{name: component}``, where a component is a class or a lazy
-``"module:Class"`` string. Lifecycle hooks observe a run; they never decide the algorithm.
+Registration hooks take no arguments and return ``{name: component}``, where a component is
+a subclass of the family's base class or a lazy ``"module:Class"`` string naming one.
+Lifecycle hooks observe a run; they never decide the algorithm. pluggy passes arguments by
+name: an implementation may take any subset of a hook's arguments, but no other name.
+docs/plugins.md gives every signature (tests/test_docs.py checks it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ hookspec = pluggy.HookspecMarker("harness")
 
 FAMILIES = (
     "priors", "conditioners", "backbones", "datasets", "metrics", "losses", "regularizers",
-    "augmentations", "executors",
+    "augmentations", "executors", "loggers",
 )
 
 
@@ -69,25 +72,37 @@ def harness_executors() -> dict[str, Any]:
 
 
 @hookspec
+def harness_loggers() -> dict[str, Any]:
+    """Names ``--log`` accepts (``run.config.log``), subclasses of ``harness.loggers.Logger``;
+    the registering plugin's lifecycle hooks do the logging for runs that name them."""
+
+
+@hookspec
 def harness_run_started(run: Run) -> None:
-    """A run's components are built and its directory exists; training is about to start."""
+    """A run's components are built and its directory exists; training is about to start
+    (also when a run resumes: ``run.step`` is then the checkpoint's step)."""
 
 
 @hookspec
 def harness_step_end(run: Run, step: int, losses: dict[str, Any]) -> None:
-    """One training step finished; ``losses`` maps names to detached scalar tensors."""
+    """One training step finished: ``step`` (1 to ``run.config.steps``) is the step just
+    done; ``losses`` maps names (``d_loss``, ``g_loss``, every component's terms) to detached
+    0-d tensors on the run's device."""
 
 
 @hookspec
 def harness_labels_updated(run: Run, step: int, changed_fraction: float) -> None:
-    """The conditioner re-partitioned the data (e.g. k-means re-clustering)."""
+    """The conditioner re-partitioned the data (e.g. k-means re-clustering) at ``step``;
+    ``changed_fraction`` in [0, 1] is the fraction of labels that changed."""
 
 
 @hookspec
 def harness_evaluated(run: Run, step: int, metrics: dict[str, float]) -> None:
-    """Metrics were computed at ``step`` (every ``--eval-every`` steps and at the end)."""
+    """Metrics were computed at ``step`` (every ``--eval-every`` steps and at the end);
+    ``metrics`` maps keys to finite floats (a metric that failed is left out)."""
 
 
 @hookspec
 def harness_run_finished(run: Run, metrics: dict[str, float]) -> None:
-    """Evaluation finished and metrics were written."""
+    """The run finished: the final ``metrics`` were written to ``metrics.json``. Not called
+    when a run fails or is interrupted."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -25,9 +26,19 @@ BLOCK_ENV = "HARNESS_BLOCK_PLUGINS"
 SINGULAR = {"priors": "prior", "conditioners": "conditioner", "backbones": "backbone",
             "datasets": "dataset", "metrics": "metric", "losses": "loss",
             "regularizers": "regularizer", "augmentations": "augmentation",
-            "executors": "executor"}
+            "executors": "executor", "loggers": "logger"}
 """One component of each family, for messages."""
 HOOK_NAMES = tuple(name for name in vars(hookspecs) if name.startswith("harness_"))
+LIFECYCLE_HOOKS = tuple(
+    name for name in HOOK_NAMES if name.removeprefix("harness_") not in hookspecs.FAMILIES
+)
+"""The hooks that observe a run (every ``harness_*`` hook but the registration ones)."""
+BASES = {"priors": "harness.api:Prior", "conditioners": "harness.api:Conditioner",
+         "backbones": "harness.api:Backbone", "datasets": "harness.api:Dataset",
+         "metrics": "harness.api:Metric", "losses": "harness.api:Loss",
+         "regularizers": "harness.api:Regularizer", "augmentations": "harness.api:Augmentation",
+         "executors": "harness.api:Executor", "loggers": "harness.loggers:Logger"}
+"""The base class every component of a family subclasses, as ``module:Class``."""
 
 
 @dataclass
@@ -40,18 +51,39 @@ class ComponentEntry:
     provider: str
 
     def load(self) -> type:
-        """Return the component class, importing it if it was registered lazily."""
+        """Return the component class, importing it if it was registered lazily.
+
+        Raises ``PluginError`` (one line naming the component, its plugin and package) if
+        the import fails or the target is no subclass of the family's base class."""
         if not isinstance(self.target, str):
             return self.target
         module_name, _, attr = self.target.partition(":")
         try:
-            self.target = getattr(importlib.import_module(module_name), attr)
+            target = getattr(importlib.import_module(module_name), attr)
         except Exception as exc:
             raise PluginError(
                 f'Error importing {SINGULAR[self.family]} "{self.name}" from {self.provider} '
                 f"({module_name}:{attr}): {type(exc).__name__}: {exc}"
             ) from exc
+        reason = wrong_class(target, self.family)
+        if reason:
+            raise PluginError(f'{SINGULAR[self.family]} "{self.name}" from {self.provider} '
+                              f"({module_name}:{attr}) is unusable: {reason}")
+        self.target = target
         return self.target
+
+
+@dataclass
+class LifecyclePlugin:
+    """A registered plugin that implements lifecycle hooks (a logger, the figures)."""
+
+    name: str
+    provider: str
+    """Its package and version (``gan-harness 0.1.0``), or its name if registered directly."""
+    hooks: list[str]
+    """The lifecycle hooks it implements, in the order ``harness.hookspecs`` defines them."""
+    doc: str | None
+    """The plugin module's (or object's class's) docstring."""
 
 
 @dataclass
@@ -89,7 +121,8 @@ class PluginManager:
         """Every problem with the plugins, one line each naming the plugin and its package.
 
         Keys: the plugin name (skipped whole), ``"<plugin> <hook>"`` (a registration hook
-        that failed: the plugin's components of that family are skipped) or ``"<family>
+        that failed, or returned something but a mapping of names to subclasses of the
+        family's base class: the plugin's components of that family are skipped) or ``"<family>
         <name>"`` (a name several plugins register: unusable until one goes).
         """
         return {**self._skipped, **self._catalog().errors}
@@ -192,7 +225,7 @@ class PluginManager:
             plugin = impl.plugin_name
             provider = f"{plugin} ({self.providers.get(plugin, plugin)})"
             try:
-                components = contribution(impl.function)
+                components = contribution(impl.function, family)
             except PluginError as exc:
                 catalogue.errors[f"{plugin} {hook_name}"] = (
                     f"{self._who(plugin)}: {hook_name} {exc}; its {family} are skipped"
@@ -245,12 +278,45 @@ class PluginManager:
                     f"{self._who(impl.plugin_name)} failed in {hook_name}: {describe(exc)}"
                 ) from exc
 
+    def lifecycle_plugins(self) -> list[LifecyclePlugin]:
+        """Every registered plugin that implements a lifecycle hook, sorted by name."""
+        found: dict[str, LifecyclePlugin] = {}
+        for hook_name in LIFECYCLE_HOOKS:
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                name = impl.plugin_name
+                if name not in found:
+                    provider = self.providers.get(name, name)
+                    found[name] = LifecyclePlugin(name, provider, [], impl.plugin.__doc__)
+                found[name].hooks.append(hook_name)
+        return [found[name] for name in sorted(found)]
+
     def _who(self, plugin: str) -> str:
         return f'plugin "{plugin}" ({self.providers.get(plugin, plugin)})'
 
 
-def contribution(hook: Callable[[], Any]) -> dict[str, Any]:
-    """What a registration hook returns, checked; a ``PluginError`` says what is wrong."""
+def base_class(family: str) -> type | None:
+    """The base class of ``family``'s components, or None while its module is not imported:
+    then no class can subclass it, and checking a component never imports torch."""
+    module, _, name = BASES[family].partition(":")
+    return getattr(sys.modules.get(module), name, None)
+
+
+def wrong_class(target: Any, family: str) -> str | None:
+    """Why ``target`` cannot be a component of ``family`` (one line), or None if it can."""
+    base = base_class(family)
+    if isinstance(target, type) and base is not None and issubclass(target, base):
+        return None
+    what = (f"class {target.__module__}.{target.__qualname__}" if isinstance(target, type)
+            else article(type(target).__name__))
+    return f"{what} is not a subclass of {BASES[family].replace(':', '.')}"
+
+
+def contribution(hook: Callable[[], Any], family: str) -> dict[str, Any]:
+    """What a registration hook returns, checked; a ``PluginError`` says what is wrong.
+
+    A class must subclass the family's base class (``BASES``); a lazy ``"module:Class"``
+    target is checked when it is loaded (``ComponentEntry.load``).
+    """
     try:
         result = hook()
     except Exception as exc:
@@ -264,6 +330,9 @@ def contribution(hook: Callable[[], Any]) -> dict[str, Any]:
         module, colon, attr = target.partition(":") if isinstance(target, str) else ("", "", "")
         if not isinstance(name, str) or not (isinstance(target, type) or module and colon and attr):
             raise PluginError(f"returned {name!r}: {target!r}, {expected}")
+        reason = wrong_class(target, family) if isinstance(target, type) else None
+        if reason:
+            raise PluginError(f"returned {name!r}: {reason}")
     return dict(result)
 
 

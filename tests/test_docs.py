@@ -1,10 +1,14 @@
 """The README's Quickstart is what CI runs; the docs name real flags."""
 
+import importlib
+import inspect
 import re
 from pathlib import Path
 
+from harness import hookspecs
 from harness.cli import build_parser
 from harness.config import COMPONENT_FIELDS, load_config_file, make_config
+from harness.manager import BASES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +47,31 @@ def test_configs_validate_with_their_plugins(pm):
             pm.get("metrics", name).load().Options.model_validate(options)
         if path.name.startswith("liu2020-"):  # the official protocols
             assert config.steps == 100_000 and config.eval_samples == 50_000, path
+
+
+def signature(function, skip_self=False) -> str:
+    """``name(a, b, c=None)``: the parameter names (and defaults) a plugin must use."""
+    params = list(inspect.signature(function).parameters.values())[1 if skip_self else 0:]
+    return ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                     for p in params)
+
+
+def test_every_hookspec_is_in_the_plugin_guide_with_its_exact_signature():
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    names = [name for name in vars(hookspecs) if name.startswith("harness_")]
+    assert {"harness_priors", "harness_step_end", "harness_run_finished"} <= set(names)
+    for name in names:
+        documented = f"`{name}({signature(getattr(hookspecs, name))})`"
+        assert documented in guide, f"docs/plugins.md lacks {documented}"
+
+
+def test_every_component_constructor_is_in_its_row_of_the_plugin_guide():
+    rows = {line.split("`")[1]: line for line in
+            (ROOT / "docs" / "plugins.md").read_text().splitlines() if line.startswith("| `")}
+    for family, base in BASES.items():
+        module, _, name = base.partition(":")
+        init = getattr(importlib.import_module(module), name).__init__
+        row = rows.get(f"harness_{family}()")
+        assert row, f"docs/plugins.md has no row | `harness_{family}()` | in its table"
+        if init is not object.__init__:  # a base class without a constructor takes no arguments
+            assert f"`__init__({signature(init, skip_self=True)})`" in row, family

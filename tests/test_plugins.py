@@ -1,5 +1,6 @@
 """Plugin discovery, registries, duplicate names, load failures and the escape hatches."""
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -9,8 +10,8 @@ import pytest
 
 from harness import hookimpl, hookspecs
 from harness.api import Loss, Options, Prior
-from harness.errors import LifecycleHookError, PluginError
-from harness.manager import SINGULAR, PluginManager
+from harness.errors import HarnessError, LifecycleHookError, PluginError
+from harness.manager import BASES, SINGULAR, PluginManager
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_INS = {
@@ -332,13 +333,11 @@ def test_allow_and_block_lists(monkeypatch):
     assert pm.registry("conditioners") == {} and "gaussian" in pm.registry("priors")
 
 
-def test_every_hook_is_documented_and_in_the_plugin_guide():
-    guide = (ROOT / "docs" / "plugins.md").read_text()
+def test_every_hook_is_documented():  # and in the plugin guide: tests/test_docs.py
     names = [n for n in dir(hookspecs) if n.startswith("harness_")]
-    assert len(names) == 14
+    assert {"harness_priors", "harness_executors", "harness_run_finished"} <= set(names)
     for name in names:
         assert getattr(hookspecs, name).__doc__, name
-        assert f"`{name}`" in guide, name
 
 
 def test_every_builtin_option_has_help_and_a_default(pm):
@@ -364,3 +363,125 @@ def test_plugins_command_lists_families_and_options(cli):
     assert "--cond-opt width=<int|null> (default null)" in verbose
     assert ('policy=<list[color|translation|cutout]> (default ["color", "translation", '
             '"cutout"])') in verbose
+
+
+OPTION_LINE = re.compile(r"      (?P<flag>--[a-z]+-opt) (?P<key>\S+?)=<(?P<type>.+?)> "
+                         r"\((?:default (?P<default>.*?)|required)\)(?:  .*)?")
+
+
+def test_every_option_form_plugins_verbose_prints_parses_back_to_its_default(cli, pm):
+    """Each ``--X-opt KEY=<type> (default V)`` line, with V as the value, goes through the
+    real parser (``harness run``, or ``harness suite`` for executors) to the option V."""
+    from harness.cli import build_parser, flag_values
+    from harness.config import parse_assignments
+
+    parser = build_parser()
+    listing = json.loads(cli("plugins", "--json").out)["plugins"]
+    expected = sum(len(item["options"]) for items in listing.values() for item in items)
+    family = name = None
+    checked = 0
+    for line in cli("plugins", "--verbose").out.splitlines():
+        if re.fullmatch(r"[a-z]+:", line):
+            family = line[:-1]
+        elif re.match(r"  \S", line):
+            name = line.split()[0]
+        elif match := OPTION_LINE.fullmatch(line):
+            flag, key, value = match["flag"], match["key"], match["default"]
+            pair = f"{key}={value}"
+            component = flag.removesuffix("-opt")
+            if family == "executors":
+                args = parser.parse_args(["suite", "x", component, name, flag, pair])
+                options = parse_assignments(args.executor_opt, flag)
+            elif family == "metrics":
+                args = parser.parse_args(["run", "--metrics", name, flag, pair])
+                options = flag_values(args, {})["metric_options"][name]
+                key = key.removeprefix(f"{name}.")
+            else:
+                values = flag_values(parser.parse_args(["run", component, name, flag, pair]), {})
+                assert values[component[2:]] == name, line
+                options = values[f"{component[2:]}_options"]
+            assert list(options) == [key], line
+            cls = pm.get(family, name).load()
+            parsed = cls.Options.model_validate(options).model_dump(mode="json")[key]
+            assert parsed == cls.Options().model_dump(mode="json")[key], line
+            checked += 1
+    assert checked == expected > 50
+    # the metric's name is part of the form: without it the CLI refuses the option
+    with pytest.raises(HarnessError, match="--metric-opt expects METRIC.KEY=VALUE"):
+        flag_values(parser.parse_args(["run", "--metric-opt", "subset=10"]), {})
+
+
+class Watcher:
+    """Saves a note when a run finishes: a third party's lifecycle plugin."""
+
+    @hookimpl
+    def harness_step_end(self, step):
+        pass
+
+    @hookimpl
+    def harness_run_finished(self, run, metrics):
+        pass
+
+
+def test_plugins_lists_lifecycle_plugins_with_their_hooks(cli, pm):
+    pm.register(Watcher(), name="watcher", provider="watcher-dist 2.0")
+    try:
+        plain, verbose = cli("plugins").out, cli("plugins", "--verbose").out
+        listing = json.loads(cli("plugins", "--json").out)["lifecycle"]
+    finally:
+        pm.unregister("watcher")
+    section = plain.split("lifecycle plugins:\n", 1)[1].splitlines()
+    assert re.fullmatch(r"  watcher +watcher-dist 2\.0  hooks: step_end, run_finished",
+                        next(line for line in section if "watcher" in line))
+    assert {"jsonl_log", "figures"} <= {line.split()[0] for line in section}
+    assert "Saves a note when a run finishes: a third party's lifecycle plugin." in verbose
+    watcher = next(p for p in listing if p["name"] == "watcher")
+    assert watcher == {"name": "watcher", "provider": "watcher-dist 2.0",
+                       "hooks": ["harness_step_end", "harness_run_finished"],
+                       "help": "Saves a note when a run finishes: a third party's lifecycle "
+                               "plugin."}
+
+
+class WrongClasses:
+    @hookimpl
+    def harness_priors(self):
+        return {"good": Prior, "loss_as_prior": Loss}
+
+    @hookimpl
+    def harness_losses(self):
+        return {"lazy_prior_as_loss": "harness.api:Prior", "lazy_function": "json:dumps"}
+
+
+def test_a_component_of_the_wrong_class_is_refused_naming_the_plugin_and_base(cli, pm, tmp_path):
+    pm.register(WrongClasses(), name="wrong", provider="dist-wrong 1.0")
+    try:
+        # an eager class is checked when the registries are collected: that family is skipped
+        assert pm.load_errors["wrong harness_priors"] == (
+            'plugin "wrong" (dist-wrong 1.0): harness_priors returned \'loss_as_prior\': class '
+            "harness.api.Loss is not a subclass of harness.api.Prior; its priors are skipped")
+        assert "good" not in pm.registry("priors")
+        listed = cli("plugins")
+        assert listed.code == 0
+        assert ('warning: plugin "wrong" (dist-wrong 1.0): harness_priors returned '
+                "'loss_as_prior'") in listed.err
+        # a lazy one when it is loaded: --verbose lists the reason, a run is refused in one line
+        verbose = cli("plugins", "--verbose")
+        assert verbose.code == 0
+        assert ('      unusable: loss "lazy_prior_as_loss" from wrong (dist-wrong 1.0) '
+                "(harness.api:Prior) is unusable: class harness.api.Prior is not a subclass of "
+                "harness.api.Loss") in verbose.out.splitlines()
+        assert ("(json:dumps) is unusable: a function is not a subclass of harness.api.Loss"
+                in verbose.out)
+        run = cli("run", "--loss", "lazy_prior_as_loss", "--out", tmp_path)
+        assert run.code == 2 and not any(tmp_path.iterdir())
+        (error,) = [line for line in run.err.splitlines() if line.startswith("error:")]
+        assert error.endswith("is not a subclass of harness.api.Loss")
+    finally:
+        pm.unregister("wrong")
+
+
+def test_every_family_has_a_base_class_named_in_its_hookspec():
+    assert set(BASES) == set(hookspecs.FAMILIES)
+    for family, base in BASES.items():
+        doc = " ".join(getattr(hookspecs, f"harness_{family}").__doc__.split())
+        assert f"``{base.replace(':', '.')}``" in doc, family
