@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from harness.api import Backbone, BuildContext, DataLocation, Dataset, DataSpec, Metric, Options
 from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
 from harness.errors import ConfigError, HarnessError, MetricUnavailable, describe, one_line
+from harness.loggers import check_loggers
 from harness.manager import PluginManager
 from harness.run import Run
 from harness.step import optimizer_factory
@@ -72,6 +73,7 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
             raise ConfigError(f"{exc}{owners_hint(pm, fld, family, unknown)}") from None
         resolved[fld] = {"name": name, "provider": entry.provider,
                          "options": options[fld].model_dump(mode="json")}
+    check_loggers(config, pm)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -32,13 +32,13 @@ COMPONENT_FIELDS = {
 
 NON_SCIENTIFIC = {
     "out", "device", "threads", "log_every", "checkpoint_every", "sample_every", "progress",
-    "data_root", "download",
+    "data_root", "download", "log",
 }
 """Fields that do not change a run's results: left out of its identity hash and grouping."""
 
 RESUMABLE = {
     "steps", "progress", "threads", "device", "log_every", "checkpoint_every", "sample_every",
-    "data_root", "download",
+    "data_root", "download", "log",
 }
 """Fields ``--resume`` may change: they extend (``steps``, never fewer) or observe a run."""
 ADDED_LATER = {
@@ -142,16 +142,26 @@ class RunConfig(BaseModel):
         default=None, ge=1, le=1024, description="torch CPU threads (1 per run for parallel runs)"
     )
     log_every: int = Field(default=100, ge=1)
+    log: list[str] = Field(
+        default=[], description="loggers to enable (--log tensorboard,wandb; harness plugins "
+        "lists them under loggers)"
+    )
     checkpoint_every: int = Field(default=1000, ge=1)
     sample_every: int = Field(default=0, ge=0, description="steps between sample grids; 0: end")
     progress: bool = True
 
     _no_bool_numbers = model_validator(mode="before")(classmethod(no_bool_numbers))
 
-    @field_validator("metrics")
+    @field_validator("metrics", "log")
     @classmethod
     def _distinct(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else list(dict.fromkeys(v))  # a repeat names the same metric
+        return None if v is None else list(dict.fromkeys(v))  # a repeat names the same plugin
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        """``--log tensorboard,wandb`` gives the names as one string."""
+        return [name.strip() for name in v.split(",") if name.strip()] if isinstance(v, str) else v
 
     @field_validator("out", "data_root")
     @classmethod

@@ -65,7 +65,8 @@ def load_run(
     directory) when the folder is no run, has no checkpoint or another run's checkpoint.
     """
     run_dir = Path(run_dir)
-    values = {**read_saved_config(run_dir, what), "progress": False, **(overrides or {})}
+    values = {**read_saved_config(run_dir, what), "progress": False, "log": [],
+              **(overrides or {})}  # an analysis neither shows progress nor logs
     config = make_config(values)
     checkpoint = run_dir / results.CHECKPOINT
     if not checkpoint.is_file():
