@@ -32,13 +32,13 @@ COMPONENT_FIELDS = {
 
 NON_SCIENTIFIC = {
     "out", "device", "threads", "log_every", "checkpoint_every", "sample_every", "progress",
-    "data_root", "download", "log",
+    "data_root", "download", "keep_checkpoints", "best_metric", "log",
 }
 """Fields that do not change a run's results: left out of its identity hash and grouping."""
 
 RESUMABLE = {
     "steps", "progress", "threads", "device", "log_every", "checkpoint_every", "sample_every",
-    "data_root", "download", "log",
+    "data_root", "download", "keep_checkpoints", "best_metric", "log",
 }
 """Fields ``--resume`` may change: they extend (``steps``, never fewer) or observe a run."""
 ADDED_LATER = {
@@ -147,6 +147,14 @@ class RunConfig(BaseModel):
         "lists them under loggers)"
     )
     checkpoint_every: int = Field(default=1000, ge=1)
+    keep_checkpoints: int = Field(
+        default=0, ge=0, le=10**9, description="steps between checkpoints also kept as "
+        "checkpoints/step-<N>.pt (a multiple of checkpoint_every); 0: only the last"
+    )
+    best_metric: str | None = Field(
+        default=None, min_length=1, max_length=200, description="metric key whose best "
+        "evaluation is kept as checkpoints/best.pt, e.g. fid_digits_10k (needs eval_every)"
+    )
     sample_every: int = Field(default=0, ge=0, description="steps between sample grids; 0: end")
     progress: bool = True
 
@@ -169,6 +177,15 @@ class RunConfig(BaseModel):
         if "\x00" in str(v):
             raise ValueError("a path cannot contain a NUL byte")
         return v
+
+    @model_validator(mode="after")
+    def _kept_checkpoints_are_written(self) -> RunConfig:
+        if self.keep_checkpoints % self.checkpoint_every:
+            raise ValueError(
+                f"keep_checkpoints={self.keep_checkpoints}: checkpoints are written every "
+                f"checkpoint_every={self.checkpoint_every} steps (valid: a multiple of it, "
+                "or 0)")
+        return self
 
     @field_validator("betas", "betas_g", "betas_d")
     @classmethod

@@ -41,7 +41,6 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
-from harness import results
 from harness.api import Scored, StepTerms
 from harness.errors import Diverged, describe
 from harness.run import Run
@@ -429,8 +428,7 @@ class Replicas:
             assert run.directory is not None
             with self.rng(replica):  # the checkpoint records the replica's global RNG
                 state = clone_tensors(replica.trainer.state_dict())
-            results.save_checkpoint(run.directory / results.CHECKPOINT, state, run.identity())
-            run.checkpoint_step = run.step
+            replica.trainer.save_checkpoint(state)
 
     def evaluate(self, replica: Replica) -> dict[str, float]:
         """The replica's final evaluation (``Trainer.evaluate``), on its own RNG."""

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -25,7 +26,18 @@ import torch
 from harness.errors import HarnessError, one_line
 
 CONFIG, RUN, METRICS, LOG = "config.json", "run.json", "metrics.json", "log.jsonl"
-CHECKPOINT = Path("checkpoints") / "last.pt"
+CHECKPOINTS = Path("checkpoints")
+CHECKPOINT = CHECKPOINTS / "last.pt"
+"""The newest checkpoint: what ``--resume`` continues from."""
+BEST_CHECKPOINT = CHECKPOINTS / "best.pt"
+"""The weights of the evaluation with the best value of ``--best-metric`` (no optimisers)."""
+STEP_CHECKPOINT = re.compile(r"step-([0-9]+)\.pt")
+"""Name of a checkpoint kept by ``--keep-checkpoints`` (``checkpoints/step-<N>.pt``)."""
+GENERATOR = "generator.pt"
+"""The evaluation generator alone, for sampling (``generator_file``)."""
+GENERATOR_FORMAT = 1
+EVALUATIONS = "evaluations"
+"""Folder of ``harness eval``'s results, one JSON file per evaluation."""
 LOCK = ".lock"
 TRACEBACK = "traceback.txt"
 """Written when a run fails on an unexpected exception; the CLI prints one line naming it."""
@@ -98,9 +110,15 @@ class CheckpointError(HarnessError):
 def save_checkpoint(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
     """``state`` with the run's ``identity`` (format, trajectory hash, composition, seed,
     step), atomically; only types ``torch.load(weights_only=True)`` reads back."""
+    atomic_write_bytes(path, torch_bytes({**state, "identity": {"format": CHECKPOINT_FORMAT,
+                                                                 **identity}}))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``obj`` as ``torch.save`` writes it."""
     buffer = io.BytesIO()
-    torch.save({**state, "identity": {"format": CHECKPOINT_FORMAT, **identity}}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(
@@ -141,6 +159,72 @@ def load_checkpoint(
             f"this run: {describe(identity)}); refusing to resume from it"
         )
     return state
+
+
+def step_checkpoint(step: int) -> Path:
+    """``checkpoints/step-<step>.pt``, relative to the run directory: the checkpoint of
+    ``step`` kept by ``--keep-checkpoints``."""
+    return CHECKPOINTS / f"step-{step}.pt"
+
+
+def kept_steps(run_dir: Path) -> list[int]:
+    """Steps of the ``checkpoints/step-<N>.pt`` files in ``run_dir``, ascending."""
+    try:
+        names = os.listdir(Path(run_dir) / CHECKPOINTS)
+    except OSError:
+        return []
+    return sorted(int(m[1]) for name in names if (m := STEP_CHECKPOINT.fullmatch(name)))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint (or ``best.pt``) at ``path`` records, read through a memory map
+    (its tensors are not read); None when it is missing or unreadable."""
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]
+    except Exception:  # missing, truncated, not a checkpoint: torch raises many kinds
+        return None
+    return step if isinstance(step, int) else None
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Replace ``target`` by a copy of ``source``, atomically: a hard link renamed into place
+    (no data copied; every file here is replaced by rename, never rewritten in place, so the
+    two names never change together), or the bytes on a file system without hard links."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        atomic_write_bytes(target, Path(source).read_bytes())
+        return
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_new_json(folder: Path, stem: str, obj: Any) -> Path:
+    """``obj`` as strict JSON in a new file ``folder/<stem>.json`` (``<stem>-2.json``, ...
+    when the name is taken), never replacing a file: written to a temporary file, then
+    hard-linked under the first free name, so readers see the whole file or none and two
+    writers at once never share a name. Returns the file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        for attempt in range(1, 1000):
+            path = folder / (f"{stem}.json" if attempt == 1 else f"{stem}-{attempt}.json")
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+        raise HarnessError(f"no free file name for {stem}.json in {folder}")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 class RunLock:

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from harness import results
+from harness.errors import ConfigError
 from harness.replicas import Replicas, rng_state
 from harness.run import Run
-from harness.trainer import Trainer
+from harness.trainer import BestCheckpoint, Trainer, best_metric_direction
 
 
 def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
@@ -24,6 +25,7 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     ``Diverged`` or any other error (status ``failed``).
     """
     trainer = Trainer(run)
+    check_settings([run], [resume])
     info = start(run, trainer, resume)
     try:
         with trainer.interruptible():
@@ -51,6 +53,7 @@ def execute_replicas(
     ``KeyboardInterrupt`` (every unfinished run ``interrupted``) or any other error (every
     unfinished run ``failed``).
     """
+    check_settings(runs, resumes)
     replicas = Replicas(runs, rng_states)
     infos = []
     for replica, resume in zip(replicas.replicas, resumes, strict=True):
@@ -80,6 +83,45 @@ def execute_replicas(
     return {r.run.directory: r.failure for r in replicas.replicas}  # type: ignore[misc]
 
 
+def check_settings(runs: list[Run], resumes: list[dict[str, Any] | None]) -> None:
+    """What the runs' settings ask of their metrics (``--best-metric``), before anything is
+    written: on a ``ConfigError`` a new run directory holding only its lock file (made for
+    this run, nothing written yet) is removed, so a refused run leaves no directory."""
+    try:
+        for run in runs:
+            best_metric_direction(run)
+    except ConfigError:
+        for run, resume in zip(runs, resumes, strict=True):
+            directory = run.directory
+            if resume is None and directory is not None and \
+                    {p.name for p in directory.iterdir()} <= {results.LOCK}:
+                (directory / results.LOCK).unlink(missing_ok=True)
+                directory.rmdir()
+        raise
+
+
+def keep_best(run: Run, trainer: Trainer, info: dict[str, Any]) -> None:
+    """Give ``trainer`` its ``BestCheckpoint`` (``--best-metric``): a resumed run continues
+    from the record in run.json (``best_checkpoint``) when it is of the same metric and
+    best.pt exists; every new best is recorded in run.json at once."""
+    direction = best_metric_direction(run)
+    if direction is None:
+        return
+    assert run.directory is not None and run.config.best_metric is not None
+    directory = run.directory
+    previous = info.get("best_checkpoint")
+    if not (isinstance(previous, dict) and previous.get("metric") == run.config.best_metric
+            and (directory / results.BEST_CHECKPOINT).is_file()):
+        previous = None
+        info.pop("best_checkpoint", None)
+
+    def record(best: dict[str, Any]) -> None:
+        info["best_checkpoint"] = best
+        results.atomic_write_json(directory / results.RUN, info)
+
+    trainer.best = BestCheckpoint(run.config.best_metric, direction, previous, record)
+
+
 def start(run: Run, trainer: Trainer, resume: dict[str, Any] | None) -> dict[str, Any]:
     """Load the checkpoint of a resumed run; write config.json and run.json (``running``).
     Returns run.json's record."""
@@ -102,6 +144,7 @@ def start(run: Run, trainer: Trainer, resume: dict[str, Any] | None) -> dict[str
         {"config": run.config.model_dump(mode="json"), "resolved": run.resolved},
     )
     results.atomic_write_json(directory / results.RUN, info)
+    keep_best(run, trainer, info)
     return info
 
 

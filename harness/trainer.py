@@ -8,8 +8,10 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
@@ -17,10 +19,68 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import results
 from harness.api import Metric
-from harness.errors import Diverged, MetricError, describe, one_line
+from harness.errors import ConfigError, Diverged, MetricError, describe, one_line
 from harness.run import EVAL_BATCH, Run
 from harness.signals import on_stop_signals
 from harness.step import TrainingStep
+
+WEIGHTS = ("step", "generator", "discriminator", "prior", "ema", "conditioner")
+"""The parts of a checkpoint that evaluating or sampling a run needs (``weights_state``)."""
+
+
+def best_metric_direction(run: Run) -> Literal["higher", "lower"] | None:
+    """Which way the run's ``--best-metric`` key improves (``Metric.direction`` of the first
+    of the run's metrics with a ``better`` pattern matching it); None without the flag.
+
+    Raises ``ConfigError`` (one line) when none of the run's metrics names the key (the
+    valid choices: their key patterns that have a direction), when the key has no direction
+    (a spread such as ``kid_digits_10k_std``), or when the run evaluates only at its end
+    (``--eval-every`` 0: the last checkpoint would be the only candidate).
+    """
+    cfg = run.config
+    key = cfg.best_metric
+    if key is None:
+        return None
+    owner = next((name for name, metric in run.metrics.items()
+                  if any(fnmatch(key, pattern) for pattern in type(metric).better)), None)
+    if owner is None:
+        choices = ", ".join(f"{pattern} ({name})" for name, metric in run.metrics.items()
+                            for pattern, way in type(metric).better.items() if way)
+        raise ConfigError(f"--best-metric {key}: no metric of this run ({', '.join(run.metrics)})"
+                          f" gives that key (valid: {choices or 'none has a direction'})")
+    direction = run.metrics[owner].direction(key)
+    if direction is None:
+        raise ConfigError(f"--best-metric {key}: metric {owner!r} gives it no direction (better "
+                          "is neither higher nor lower, e.g. a spread); valid: a key with one, "
+                          + ", ".join(p for p, way in type(run.metrics[owner]).better.items()
+                                      if way))
+    if not cfg.eval_every:
+        raise ConfigError(f"--best-metric {key}: the run evaluates only at its end, so the "
+                          "last checkpoint would be the only candidate (valid: with "
+                          "--eval-every N, N > 0)")
+    return direction
+
+
+@dataclass
+class BestCheckpoint:
+    """``checkpoints/best.pt`` of a training run (``--best-metric``): the weights
+    (``Trainer.weights_state``) at the evaluation with the best value of ``metric`` so far.
+
+    ``record`` says which: ``{"metric", "direction", "value", "step"}``, None before the first
+    evaluation. ``on_update(record)`` is called after best.pt is replaced (the runner writes
+    the record into run.json). A tie keeps the earlier checkpoint.
+    """
+
+    metric: str
+    direction: Literal["higher", "lower"]
+    record: dict[str, Any] | None = None
+    on_update: Callable[[dict[str, Any]], None] | None = None
+
+    def improves(self, value: float) -> bool:
+        if self.record is None:
+            return True
+        best = self.record["value"]
+        return value < best if self.direction == "lower" else value > best
 
 
 class Trainer:
@@ -32,6 +92,9 @@ class Trainer:
         self.training_step = TrainingStep(run)
         self.in_loop = False
         """Whether a signal can wait for the next step boundary (else it stops at once)."""
+        self.best: BestCheckpoint | None = None
+        """Keeps ``checkpoints/best.pt`` at each evaluation (``--best-metric``); set by the
+        runner for a run that trains, None for a run loaded to be analysed."""
         if cfg.ema_decay is not None and run.ema_generator is None:
             run.ema_generator = copy.deepcopy(run.generator).requires_grad_(False)
 
@@ -82,7 +145,7 @@ class Trainer:
             ) from None
         self.run.checkpoint_step = self.run.step
 
-    def _load_state_dict(self, state: dict[str, Any]) -> None:
+    def _load_networks(self, state: dict[str, Any]) -> None:
         run = self.run
         run.step = state["step"]
         run.generator.load_state_dict(state["generator"])
@@ -90,6 +153,10 @@ class Trainer:
         run.prior.load_state_dict(state["prior"])
         if run.ema_generator is not None:
             run.ema_generator.load_state_dict(state["ema"])
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        run = self.run
+        self._load_networks(state)
         rng = state["rng"]
         self.training_step.load_state_dict({"opt_g": state["opt_g"], "opt_d": state["opt_d"],
                                             "data": rng["data"], "labels": rng["labels"]})
@@ -99,12 +166,69 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         run.timings.update(state["timings"])
 
+    def weights_state(self) -> dict[str, Any]:
+        """What evaluating or sampling the run needs, as in ``state_dict`` without the
+        optimisers, RNG states and timings: step, G, D, the EMA copy, prior, conditioner.
+        Tensors are copies (a vectorised group's networks are views of whole stacks)."""
+        from harness.replicas import clone_tensors
+
+        state = self.state_dict()
+        return clone_tensors({key: state[key] for key in WEIGHTS})
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Restore ``weights_state``'s part of a checkpoint (any checkpoint, or ``best.pt``):
+        enough to evaluate and sample, not to resume. ``CheckpointError`` (one line) when it
+        does not fit this run's networks or conditioner."""
+        try:
+            self._load_networks(state)
+            self.run.conditioner.load_state_dict(state["conditioner"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            reason = describe(exc)[:200]
+            raise results.CheckpointError(
+                f"the checkpoint does not fit this run's networks or state: {reason}"
+            ) from None
+
     def checkpoint(self) -> None:
+        if self.run.directory is not None:
+            self.save_checkpoint(self.state_dict())
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (``state_dict``'s, from this step) as ``checkpoints/last.pt``; as
+        ``checkpoints/step-<N>.pt`` too at a multiple N of ``--keep-checkpoints``; and the
+        evaluation generator alone as ``generator.pt`` (``generator_state``)."""
         run = self.run
-        if run.directory is not None:
-            path = run.directory / results.CHECKPOINT
-            results.save_checkpoint(path, self.state_dict(), run.identity())
-            run.checkpoint_step = run.step
+        assert run.directory is not None
+        path = run.directory / results.CHECKPOINT
+        results.save_checkpoint(path, state, run.identity())
+        keep = run.config.keep_checkpoints
+        if keep and run.step % keep == 0:
+            results.link_or_copy(path, run.directory / results.step_checkpoint(run.step))
+        results.atomic_write_bytes(run.directory / results.GENERATOR,
+                                   results.torch_bytes(self.generator_state()))
+        run.checkpoint_step = run.step
+
+    def generator_state(self) -> dict[str, Any]:
+        """``generator.pt``: the evaluation generator (the EMA copy when there is one) alone,
+        with what it takes to sample it: format, step, G's ``state_dict``, the prior's
+        ``state_dict``, P(c) (``class_weights``: (classes,) float on the CPU), whether G
+        takes the label (``conditions_networks``; else it takes zeros), z_dim and the run's
+        config (``config.json``'s). Plain tensors and containers only: ``torch.load(path,
+        weights_only=True)`` reads it; ``harness.restore.load_generator`` rebuilds G."""
+        from harness.replicas import clone_tensors
+
+        run = self.run
+        return {
+            "format": results.GENERATOR_FORMAT,
+            "step": run.step,
+            "run_id": run.directory.name if run.directory else None,
+            "ema": run.ema_generator is not None,
+            "generator": clone_tensors(run.eval_generator.state_dict()),
+            "prior": clone_tensors(run.prior.state_dict()),
+            "class_weights": run.conditioner.class_weights().detach().cpu().clone(),
+            "conditions_networks": run.conditioner.conditions_networks,
+            "z_dim": run.resolved.get("z_dim", run.config.z_dim),
+            "config": run.config.model_dump(mode="json"),
+        }
 
     # ------------------------------------------------------------------ loop
     def setup(self) -> None:
@@ -228,6 +352,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Every metric, with fixed evaluation seeds; training state (RNG, modes) is untouched.
+        A training run's ``best`` checkpoint is updated from the values (``keep_best``).
 
         Only finite values are returned. A metric that raises ``MetricError`` or returns a
         non-finite value is left out with the reason in ``run.metric_errors`` and a warning.
@@ -251,7 +376,30 @@ class Trainer:
                 label_rng.set_state(label_state)
                 for net, mode in zip(nets, modes, strict=True):
                     net.train(mode)
+        self.keep_best(values)
         return values
+
+    def keep_best(self, values: dict[str, float]) -> None:
+        """Replace ``checkpoints/best.pt`` when ``values`` (an evaluation at ``run.step``)
+        improve on the best value of ``--best-metric`` so far; a warning when they lack it."""
+        best, run = self.best, self.run
+        if best is None or run.directory is None:
+            return
+        value = values.get(best.metric)
+        if value is None:
+            print(f"warning: --best-metric {best.metric}: not among the values of the "
+                  f"evaluation at step {run.step} ({', '.join(values) or 'none'}); "
+                  f"{results.BEST_CHECKPOINT} unchanged", file=sys.stderr)
+            return
+        if not best.improves(value):
+            return
+        record = {"metric": best.metric, "direction": best.direction, "value": value,
+                  "step": run.step}
+        results.save_checkpoint(run.directory / results.BEST_CHECKPOINT,
+                                {**self.weights_state(), "best": record}, run.identity())
+        best.record = record
+        if best.on_update is not None:
+            best.on_update(record)
 
     def compute_metric(self, name: str, metric: Metric) -> dict[str, float]:
         """``metric``'s finite values; the reason it has none (or some) goes to the run."""
