@@ -3,8 +3,14 @@
 ``fid_digits`` reads images with the digit classifier (one digit per channel; extractor
 ``digits-cnn``), ``fid_inception`` with torch-fidelity's Inception-v3 (never downloaded).
 Generated samples are torch-fidelity's input1, real training images (a seeded random
-subset of at most ``samples``) its input2. Result names carry the protocol:
-``{fid,kid,is,precision,recall}_{extractor}_{samples}``, e.g. ``fid_inception_10k``.
+subset of at most ``samples``) its input2; with ``reference=test``, held-out images
+(``Dataset.x_heldout``) instead. Result names carry the protocol:
+``{fid,kid,is,precision,recall}_{extractor}_{samples}``, e.g. ``fid_inception_10k``, and
+``..._{extractor}_test_{samples}`` against the held-out split.
+
+``intra_fid_digits`` / ``intra_fid_inception`` (opt-in) are intra-FID (Miyato & Koyama 2018,
+§4.1): the FID of each class of the conditioner against that class's real images, with its
+mean and worst over the classes (``IntraFidelityMetric``).
 
 Options are checked before training: IS needs ``isc_splits`` <= ``samples``, precision/recall
 more images than ``prc_neighborhood`` on both sides, FID and KID two real images. Generated
@@ -64,6 +70,7 @@ INCEPTION_EXTRACTOR = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 """Basename of torch-fidelity's Inception-v3 URL: its file name in the torch hub cache."""
 MetricName = Literal["fid", "kid", "is", "prc"]
+Reference = Literal["train", "test"]
 FLAGS = {"fid": "fid", "kid": "kid", "is": "isc", "prc": "prc"}
 """Our metric names -> torch-fidelity's flags."""
 CACHE_VERSION = 1
@@ -192,6 +199,19 @@ def reference_cache_name(
     return f"gan-harness-real-{digest.hexdigest()[:32]}"
 
 
+def key_suffix(tag: str, reference: str, samples: int) -> str:
+    """What follows ``fid_`` in a key: ``digits_10k`` against training images (the keys
+    runs had before ``reference`` existed), ``digits_test_10k`` against held-out ones."""
+    split = "" if reference == "train" else f"{reference}_"
+    return f"{tag}_{split}{count_name(samples)}"
+
+
+def reference_pool(dataset: Dataset, reference: str) -> torch.Tensor | None:
+    """The real images of a reference split: the training images, or the held-out ones
+    (``Dataset.x_heldout``; None when the dataset has none)."""
+    return dataset.x if reference == "train" else getattr(dataset, "x_heldout", None)
+
+
 DEFAULT_SAMPLES = 10_000
 """Generated images (and at most as many real) when neither ``samples`` nor a smaller
 ``--eval-samples`` is given: the count the papers' FID protocols use on CIFAR-scale data."""
@@ -217,6 +237,10 @@ class FidelityOptions(Options):
         3, ge=1, description="precision/recall: k of the k-NN radius (below the image counts)"
     )
     batch_size: int = Field(128, ge=1, le=65_536, description="images per feature-extractor batch")
+    reference: Reference = Field(
+        "train", description="real images compared with: train (training images) or test (the "
+        "dataset's held-out split, Dataset.x_heldout; named in the keys: fid_digits_test_10k)"
+    )
 
     @model_validator(mode="after")
     def _fit_the_generated_images(self) -> FidelityOptions:
@@ -274,24 +298,44 @@ class FidelityMetric(Metric):
         """uint8 images as the extractor takes them."""
         return images
 
+    def resolved(self) -> dict[str, Any]:
+        """The options; ``reference`` only when it is not ``train``, so that runs from before
+        the option existed (which compared with training images) group with today's."""
+        values = super().resolved()
+        if values.get("reference") == "train":
+            del values["reference"]
+        return values
+
     def reference_images(self, run: Run) -> torch.Tensor:
-        """Up to ``samples`` real training images (uint8), a subset seeded by the run."""
+        """Up to ``samples`` real images (uint8) of the ``reference`` split, a subset seeded by
+        the run."""
+        pool = reference_pool(run.dataset, self.options.reference)
+        assert pool is not None  # check() refused a dataset without a held-out split
         generator = torch.Generator().manual_seed(run.config.seed + 11)
-        order = torch.randperm(len(run.dataset.x), generator=generator)
-        return run.dataset.x[order[: self.options.samples]]
+        order = torch.randperm(len(pool), generator=generator)
+        return pool[order[: self.options.samples]]
 
     def check(self, dataset: Dataset) -> None:
-        """The real side, min(samples, training images): FID and KID need 2 images,
-        precision/recall more than ``prc_neighborhood``."""
+        """The real side, min(samples, images of the reference split): a held-out split for
+        ``reference=test``, FID and KID need 2 images, precision/recall more than
+        ``prc_neighborhood``."""
         opts = self.options
-        available = len(dataset.x)
+        pool = reference_pool(dataset, opts.reference)
+        if pool is None:
+            raise ConfigError(
+                f"invalid metric {self.plugin_name!r} option reference='test': the dataset has "
+                "no held-out split (Dataset.x_heldout is None; e.g. heldout_fraction=0); valid: "
+                "reference='train', or a dataset with held-out images"
+            )
+        split = "training" if opts.reference == "train" else "held-out"
+        available = len(pool)
         real = min(opts.samples, available)
-        source = f"{real} real images (samples={opts.samples}, {available} training images)"
+        source = f"{real} real images (samples={opts.samples}, {available} {split} images)"
         if {"fid", "kid"} & set(opts.metrics) and real < 2:
             raise ConfigError(
                 f"metric {self.plugin_name!r}: FID and KID need at least 2 real images, the "
-                f"dataset has {available}; valid: a dataset of 2 or more training images, or "
-                "metrics without fid and kid"
+                f"dataset has {available} {split} images; valid: a dataset of 2 or more "
+                f"{split} images, or metrics without fid and kid"
             )
         if "prc" in opts.metrics and opts.prc_neighborhood >= real:
             raise ConfigError(
@@ -344,22 +388,18 @@ class FidelityMetric(Metric):
                 **cache,
                 verbose=False,
             )
-        return result_names(values, f"{tag}_{count_name(opts.samples)}")
+        return result_names(values, key_suffix(tag, opts.reference, opts.samples))
 
 
-class DigitsFidelityOptions(FidelityOptions, SourceOptions):
-    pass
+class DigitsFeatures:
+    """Mixin of the metrics on the digit classifier's features (extractor ``digits-cnn``):
+    digits data only; the key's tag names the classifier's training data (``digits`` or
+    ``mnist``); the classifier must be present or trainable when the metric is built."""
 
-
-class DigitsFidelity(FidelityMetric):
-    """{fid,kid,is,precision,recall}_{digits|mnist}_N with the digit classifier's features
-    (the tag names the classifier's training data); IS is over the 10**C digit combinations."""
-
-    Options = DigitsFidelityOptions
-    plugin_name = "fid_digits"
+    options: Any
 
     def __init__(self, options: Options) -> None:
-        super().__init__(options)
+        super().__init__(options)  # type: ignore[call-arg]
         require_classifier(self.options.source)
 
     @classmethod
@@ -367,13 +407,25 @@ class DigitsFidelity(FidelityMetric):
         return spec.domain == "digits"
 
     def check(self, dataset: Dataset) -> None:
-        super().check(dataset)
+        super().check(dataset)  # type: ignore[misc]
         require_classifier(self.options.source, dataset.location.root)
 
     def extractor(self, run: Run) -> tuple[str, str, str]:
         register_digits_extractor()
         source = resolve_source(self.options.source, run.config.data_root)
         return DIGITS_EXTRACTOR, str(classifier_path(source, run.config.data_root)), source
+
+
+class DigitsFidelityOptions(FidelityOptions, SourceOptions):
+    pass
+
+
+class DigitsFidelity(DigitsFeatures, FidelityMetric):
+    """{fid,kid,is,precision,recall}_{digits|mnist}_N with the digit classifier's features
+    (the tag names the classifier's training data); IS is over the 10**C digit combinations."""
+
+    Options = DigitsFidelityOptions
+    plugin_name = "fid_digits"
 
 
 def inception_cache_path() -> Path:
@@ -443,7 +495,7 @@ def check_inception_weights(path: Path) -> None:
             )
 
 
-class InceptionFidelityOptions(FidelityOptions):
+class InceptionWeightsOptions(Options):
     weights: Path | None = Field(
         None,
         description=f"torch-fidelity Inception-v3 weights ({INCEPTION_FILE}); default: "
@@ -451,15 +503,14 @@ class InceptionFidelityOptions(FidelityOptions):
     )
 
 
-class InceptionFidelity(FidelityMetric):
-    """{fid,kid,is,precision,recall}_inception_N with torch-fidelity's Inception-v3
-    (the TF-FID port). Gray images are repeated to RGB. Weights are never downloaded."""
+class InceptionFeatures:
+    """Mixin of the metrics on torch-fidelity's Inception-v3 (the TF-FID port): any images,
+    gray ones repeated to RGB; weights are never downloaded, and are recorded by content."""
 
-    Options = InceptionFidelityOptions
-    plugin_name = "fid_inception"
+    options: Any
 
     def __init__(self, options: Options) -> None:
-        super().__init__(options)
+        super().__init__(options)  # type: ignore[call-arg]
         env = os.environ.get(INCEPTION_WEIGHTS_ENV)
         path = self.options.weights or (Path(env) if env else inception_cache_path())
         if not path.is_file():
@@ -482,7 +533,210 @@ class InceptionFidelity(FidelityMetric):
         """The options with the weights named by their content (``sha256:<hex>``), not by
         their local path: runs on machines with different caches aggregate together, and
         runs with different weights never do."""
-        return {**super().resolved(), "weights": f"sha256:{file_sha256(self.options.weights)}"}
+        return {**super().resolved(),  # type: ignore[misc]
+                "weights": f"sha256:{file_sha256(self.options.weights)}"}
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+class InceptionFidelityOptions(FidelityOptions, InceptionWeightsOptions):
+    pass
+
+
+class InceptionFidelity(InceptionFeatures, FidelityMetric):
+    """{fid,kid,is,precision,recall}_inception_N with torch-fidelity's Inception-v3
+    (the TF-FID port). Gray images are repeated to RGB. Weights are never downloaded."""
+
+    Options = InceptionFidelityOptions
+    plugin_name = "fid_inception"
+
+
+# ----------------------------------------------------------------------------- intra-FID
+INTRA_SEED = 12_000
+"""Class c's generated images are drawn with ``harness.sampling`` and the seed
+``config.seed + INTRA_SEED + c``: each class's noise is its own, whichever classes are scored."""
+INTRA_SUBSET_SEED = 11
+"""The real images partitioned are a subset seeded ``config.seed + 11``, as the FID family's."""
+
+
+class IntraFidelityOptions(Options):
+    samples: int = Field(
+        1000, ge=2, le=200_000,
+        description="generated images per class (and at most this many real ones of the "
+        "class); default: --eval-samples, at most 1000",
+    )
+    min_real: int = Field(
+        10, ge=2, le=200_000, description="classes with fewer real images are not scored"
+    )
+    subset: int | None = Field(
+        None, ge=2, le=10_000_000,
+        description="real training images partitioned into classes: a seeded random subset "
+        "(default: all)",
+    )
+    per_class: bool = Field(
+        False, description="also report every class's FID (keys ending _c<class>)"
+    )
+    batch_size: int = Field(128, ge=1, le=65_536, description="images per feature-extractor batch")
+
+    @model_validator(mode="after")
+    def _a_class_can_be_scored(self) -> IntraFidelityOptions:
+        """At most ``samples`` real images of a class are used, so ``min_real`` must fit."""
+        if self.min_real > self.samples:
+            raise ValueError(
+                f"min_real={self.min_real}: more than the samples={self.samples} real images a "
+                f"class is compared with, so no class could be scored; valid: min_real <= "
+                f"{self.samples}"
+            )
+        return self
+
+
+class IntraFidelityMetric(FidelityMetric):
+    """Intra-FID (Miyato & Koyama 2018, "cGANs with projection discriminator", §4.1): the FID
+    of each class's generated images against the real images of that class, averaged over
+    the classes. Keys ``intra_fid_{tag}_{samples}_mean`` and ``_worst`` (the largest class
+    FID), ``_classes`` (how many classes were scored) and, with ``per_class``, ``_c<k>``.
+
+    A class is the conditioner's: its real images are those the conditioner's partition
+    (``Conditioner.partition``, as ``cluster_agreement`` scores it) puts in class c, so the
+    true classes under ``--cond ground_truth`` and the clusters of a self-conditioned run
+    (``kmeans_d``); its generated images are G(z, c), z ~ p(z|c), from the evaluation
+    generator (``harness.sampling.generate``, seed ``config.seed + INTRA_SEED + c``), not
+    the metric's sampler (whose labels are drawn from P(c)): ``harness tradeoff`` therefore
+    reports it once, as a value the scale does not change.
+
+    Real side: the training images (a seeded subset of ``subset``, default all) are
+    partitioned, and each class keeps at most ``samples`` of its images (in the subset's
+    order); classes with fewer than ``min_real`` are not scored (empty or tiny clusters).
+    The features of the whole subset are extracted once and cached like the FID family's
+    real features (the same key: exact images, extractor, weights, batch size, device,
+    versions), so they serve every evaluation whatever the partition; each class's FID is
+    torch-fidelity's (``fid_features_to_statistics`` and ``fid_statistics_to_metric``) on
+    its rows. Costs one feature extraction of ``samples`` generated images per class.
+    Raises ``MetricError`` when generated images are non-finite or no class has
+    ``min_real`` real images.
+    """
+
+    default = False
+    better = {"intra_fid_*_classes": None, "intra_fid_*": "lower"}
+
+    @classmethod
+    def option_defaults(cls, config: RunConfig) -> dict[str, Any]:
+        """``samples``: ``--eval-samples``, at most 1000 per class; ``min_real`` shrinks to
+        fit a smaller ``samples``."""
+        samples = max(2, min(cls.Options.model_fields["samples"].default, config.eval_samples))
+        return {"samples": samples,
+                "min_real": min(cls.Options.model_fields["min_real"].default, samples)}
+
+    def check(self, dataset: Dataset) -> None:
+        """The training set must hold ``min_real`` images for any class to be scored."""
+        if len(dataset.x) < self.options.min_real:
+            raise ConfigError(
+                f"invalid metric {self.plugin_name!r} option min_real={self.options.min_real}: "
+                f"the dataset has {len(dataset.x)} training images, so no class can have that "
+                f"many; valid: min_real <= {len(dataset.x)}"
+            )
+
+    def real_classes(self, run: Run) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The partitioned real subset (dataset indices) and, per class with at least
+        ``min_real`` of them, the positions in it of its first ``samples`` images."""
+        opts = self.options
+        generator = torch.Generator().manual_seed(run.config.seed + INTRA_SUBSET_SEED)
+        index = torch.randperm(len(run.dataset.x), generator=generator)[: opts.subset]
+        labels = run.conditioner.partition(run.models, index).cpu()
+        members = {}
+        for c in range(run.conditioner.num_classes):
+            rows = (labels == c).nonzero().flatten()[: opts.samples]
+            if len(rows) >= opts.min_real:
+                members[c] = rows
+        if not members:
+            raise MetricError(
+                f"{self.plugin_name}: no class of the conditioner has {opts.min_real} real "
+                f"images among the {len(index)} partitioned (min_real={opts.min_real})"
+            )
+        return index, members
+
+    def class_images(self, run: Run, c: int) -> torch.Tensor:
+        """``samples`` generated images of class c as uint8; MetricError if any is
+        non-finite."""
+        from harness.sampling import generate
+
+        labels = torch.full((self.options.samples,), c, dtype=torch.long)
+        seed = run.config.seed + INTRA_SEED + c
+        x = torch.cat([x for x, _ in generate(run, labels, seed)])
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        if bad:
+            raise MetricError(f"{self.plugin_name}: {bad} of {len(x)} generated images of "
+                              f"class {c} are non-finite")
+        return to_uint8(x)
+
+    def compute(self, sample: Sampler, run: Run) -> dict[str, float]:
+        import torch_fidelity
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.utils import (
+            create_feature_extractor,
+            extract_featuresdict_from_input_id,
+            extract_featuresdict_from_input_id_cached,
+            resolve_feature_layer_for_metric,
+        )
+
+        opts = self.options
+        name, weights, tag = self.extractor(run)
+        index, members = self.real_classes(run)
+        real = self.prepare_images(run.dataset.x[index])
+        cuda = run.device.type == "cuda"
+        kwargs: dict[str, Any] = {
+            "fid": True, "feature_extractor": name, "feature_extractor_weights_path": weights,
+            "cuda": cuda, "batch_size": opts.batch_size, "save_cpu_ram": True, "verbose": False,
+            "input2": UInt8Images(real),
+        }
+        root = self.cache_root
+        if root is not None and unwritable_reason(root) is None:
+            key = reference_cache_name(real, name, Path(weights), opts.batch_size, run.device)
+            kwargs.update(cache=True, cache_root=str(root), input2_cache_name=key)
+        else:
+            kwargs.update(cache=False)
+        values: dict[int, float] = {}
+        with torch.cuda.device(run.device) if cuda else contextlib.nullcontext():
+            layer = resolve_feature_layer_for_metric("fid", **kwargs)
+            extractor = create_feature_extractor(name, [layer], **kwargs)
+            real_features = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+            for c, rows in members.items():
+                fake = UInt8Images(self.prepare_images(self.class_images(run, c)))
+                fake_features = extract_featuresdict_from_input_id(
+                    1, extractor, **{**kwargs, "input1": fake}
+                )
+                stats = [fid_features_to_statistics(features) for features in
+                         (fake_features[layer], real_features[layer][rows])]
+                values[c] = fid_statistics_to_metric(*stats, False)[torch_fidelity.KEY_METRIC_FID]
+        prefix = f"intra_fid_{tag}_{count_name(opts.samples)}"
+        scores = list(values.values())
+        out = {f"{prefix}_mean": sum(scores) / len(scores), f"{prefix}_worst": max(scores),
+               f"{prefix}_classes": float(len(scores))}
+        if opts.per_class:
+            out.update({f"{prefix}_c{c}": value for c, value in values.items()})
+        return out
+
+
+class DigitsIntraFidelityOptions(IntraFidelityOptions, SourceOptions):
+    pass
+
+
+class DigitsIntraFidelity(DigitsFeatures, IntraFidelityMetric):
+    """intra_fid_{digits|mnist}_N_{mean,worst,classes}: intra-FID with the digit
+    classifier's features (opt-in)."""
+
+    Options = DigitsIntraFidelityOptions
+    plugin_name = "intra_fid_digits"
+
+
+class InceptionIntraFidelityOptions(IntraFidelityOptions, InceptionWeightsOptions):
+    pass
+
+
+class InceptionIntraFidelity(InceptionFeatures, IntraFidelityMetric):
+    """intra_fid_inception_N_{mean,worst,classes}: intra-FID with torch-fidelity's
+    Inception-v3 (opt-in; weights never downloaded)."""
+
+    Options = InceptionIntraFidelityOptions
+    plugin_name = "intra_fid_inception"
