@@ -44,6 +44,7 @@ import torch
 from harness import __version__, results
 from harness.api import Conditioner, Sampler, to_uint8
 from harness.errors import HarnessError
+from harness.signals import on_stop_signals, raise_interrupt
 
 if TYPE_CHECKING:
     from harness.run import Run
@@ -226,16 +227,18 @@ def export(
     per_class: bool,
     batch_size: int = 1000,
     show_progress: bool = False,
+    checkpoint: Path = results.CHECKPOINT,
 ) -> dict[str, Any]:
-    """Write the samples of ``labels`` into the new folder ``out`` and return its manifest.
+    """Write the samples of ``labels`` into the new folder ``out`` and return its manifest
+    (``checkpoint``: the file the run's weights came from, relative to its directory).
 
     png: one file per sample, ``NNNNNN.png`` (the sample's index), in ``CLASS/`` subfolders
     (zero-padded, so torchvision's ``ImageFolder`` gives class c index c) with
     ``per_class``; ``labels.csv`` lists ``file,label``. npz: ``samples.npz`` with ``x`` (uint8
     (n, C, H, W) images, or float32 (n, d) points as generated) and ``y`` (int64 (n,)).
     ``samples.json`` is the manifest. Everything is staged in a temporary folder renamed to
-    ``out`` at the end (``staging``). ``HarnessError`` when a sample is non-finite (nothing
-    is then written)."""
+    ``out`` at the end (``staging``); Ctrl-C and SIGTERM remove it (``KeyboardInterrupt``).
+    ``HarnessError`` when a sample is non-finite (nothing is then written)."""
     n, classes = len(labels), run.conditioner.num_classes
     images = run.dataset.spec.is_image
     width = max(6, len(str(n - 1)))
@@ -243,7 +246,8 @@ def export(
     rows: list[tuple[str, int]] = []
     xs: list[np.ndarray] = []
     done = 0
-    with staging(out) as folder, progress_bar(n, show_progress) as advance:
+    with on_stop_signals(raise_interrupt), staging(out) as folder, \
+            progress_bar(n, show_progress) as advance:
         for x, y in generate(run, labels, seed, batch_size):
             bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
             if bad:
@@ -272,13 +276,14 @@ def export(
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerows([("file", "label"), *rows])
             (folder / LABELS_CSV).write_text(buffer.getvalue())
-        manifest = describe(run, labels, seed, fmt, per_class, batch_size)
+        manifest = describe(run, labels, seed, fmt, per_class, batch_size, checkpoint)
         results.atomic_write_json(folder / MANIFEST, manifest)
     return manifest
 
 
 def describe(
-    run: Run, labels: torch.Tensor, seed: int, fmt: Format, per_class: bool, batch_size: int
+    run: Run, labels: torch.Tensor, seed: int, fmt: Format, per_class: bool, batch_size: int,
+    checkpoint: Path = results.CHECKPOINT,
 ) -> dict[str, Any]:
     """``samples.json``: where the samples come from and how they were drawn."""
     assert run.directory is not None
@@ -290,7 +295,7 @@ def describe(
         "run_dir": str(run.directory.absolute()),
         "run_id": run.directory.name,
         "run_status": read_status(run.directory).get("status"),
-        "checkpoint": str(results.CHECKPOINT),
+        "checkpoint": str(checkpoint),
         "checkpoint_step": run.step,
         "generator": "ema" if run.ema_generator is not None else "generator",
         "n": len(labels),

@@ -25,6 +25,7 @@ IMAGE_RUN = [
     "--backbone-opt", "width=8", "--z-dim", "16", "--cond", "kmeans_d", "--cond-opt", "k=3",
     "--cond-opt", "subset=300", "--cond-opt", "n_init=1", "--batch-size", "16", "--steps", "4",
     "--eval-samples", "100", "--ema-decay", "0.9", "--metrics", "cluster_agreement",
+    "--checkpoint-every", "2", "--keep-checkpoints", "2",
     "--no-progress", "--threads", "1",
 ]
 SAMPLE = ["--no-progress", "--threads", "1"]
@@ -143,6 +144,22 @@ def test_per_class_folders_and_npz(cli, image_run, tmp_path):
     assert arrays["y"].dtype == np.int64 and arrays["y"].tolist() == [lab for _, lab in labels]
     png = np.stack([np.asarray(Image.open(out / name)) for name, _ in labels])
     assert np.array_equal(arrays["x"], png.transpose(0, 3, 1, 2))  # same samples, same pixels
+
+
+def test_a_kept_checkpoint(cli, image_run, tmp_path):
+    out = tmp_path / "step2"
+    result = cli("sample", image_run, "--n", "20", "--checkpoint", "2", "--out", out, *SAMPLE)
+    assert result.code == 0, result.err
+    manifest = json.loads((out / "samples.json").read_text())
+    assert manifest["checkpoint"] == "checkpoints/step-2.pt" and manifest["checkpoint_step"] == 2
+    last = tmp_path / "last"
+    assert cli("sample", image_run, "--n", "20", "--out", last, *SAMPLE).code == 0
+    assert json.loads((last / "samples.json").read_text())["checkpoint"] == (
+        "checkpoints/last.pt")
+    assert digest(out) != digest(last)  # G moved between steps 2 and 4
+    line = error_line(cli("sample", image_run, "--checkpoint", "3", "--out", tmp_path / "x"))
+    assert "no checkpoint of step 3 was saved (saved steps: 2, 4;" in line
+    assert not (tmp_path / "x").exists()
 
 
 def test_points_export_as_npz_and_png_is_refused(cli, ring_run, tmp_path):

@@ -22,7 +22,7 @@ def add_parser(commands: Any) -> None:
         description="Write N samples of the run's evaluation generator (the EMA copy when it "
         "has one) into a new folder: PNG files (images, uint8 exactly as the FID metrics "
         "convert them) with labels.csv, or samples.npz with arrays x and y; samples.json "
-        "records the run, checkpoint step, seed and label counts. Labels y ~ P(c) of the "
+        "records the run, checkpoint and its step, seed and label counts. Labels y ~ P(c) of the "
         "run's conditioner, or N/K per class with --per-class.",
         epilog="FID of the folder with torch-fidelity: fidelity --fid --input1 DIR --input2 "
         "REFERENCE (add --samples-find-deep for --per-class folders).",
@@ -38,6 +38,9 @@ def add_parser(commands: Any) -> None:
     sample.add_argument("--per-class", action="store_true",
                         help="N/K samples of each of the K classes (png: one subfolder per "
                         "class) instead of labels drawn from P(c)")
+    sample.add_argument("--checkpoint", default="last", metavar="last|best|STEP",
+                        help="last (default), best (--best-metric) or the step of a kept "
+                        "checkpoint (--keep-checkpoints)")
     sample.add_argument("--seed", type=int_arg(0, 2**62), metavar="S",
                         help="seed of the labels and latents (default: the run's seed)")
     sample.add_argument("--batch-size", type=int_arg(1, 100_000), default=1000, metavar="B",
@@ -60,7 +63,8 @@ def command_sample(args: argparse.Namespace) -> int:
     restore.read_saved_config(directory, what)
     overrides = {name: getattr(args, name) for name in ("device", "data_root", "threads")
                  if getattr(args, name) is not None}
-    run = restore.load_run(directory, what, overrides)
+    checkpoint = restore.resolve_checkpoint(directory, args.checkpoint, what)
+    run = restore.load_generator(directory, args.checkpoint, overrides, what)
     fmt = sampling.check_format(run, args.format, what)
     seed = run.config.seed if args.seed is None else args.seed
     try:
@@ -73,7 +77,8 @@ def command_sample(args: argparse.Namespace) -> int:
                            f"{classes} classes (valid: a multiple of {classes}, e.g. "
                            f"{nearest})") from None
     manifest = sampling.export(run, args.out, labels, seed, fmt, args.per_class,
-                               args.batch_size, show_progress=not args.no_progress)
+                               args.batch_size, show_progress=not args.no_progress,
+                               checkpoint=checkpoint.relative_to(directory))
     print(f"wrote {args.n} samples ({fmt}) of {directory} at step {manifest['checkpoint_step']} "
           f"(seed {seed}, generator {manifest['generator']}) to {args.out}")
     print(f"manifest: {args.out / sampling.MANIFEST}", file=sys.stderr)
