@@ -156,6 +156,27 @@ def read_metrics(run_dir: Path) -> dict[str, int | float]:
     return metrics
 
 
+def evaluation_columns(run_dir: Path, info: dict[str, Any]) -> dict[str, float]:
+    """Metric columns from the run's ``harness eval`` records (``evaluations/``), the newest
+    record winning per column: one of the run's final checkpoint (the step ``run.json``
+    records) gives its keys under their own names (``load_runs`` keeps ``metrics.json``'s
+    value of a key both have: the original evaluation), one of ``--checkpoint best`` of the
+    best checkpoint ``run.json`` records gives ``<key>@best``, any other checkpoint
+    ``<key>@step<N>``. Values that are not finite numbers are left out."""
+    from harness.evaluation import read_evaluations
+
+    best = info.get("best_checkpoint")
+    best_step = best.get("step") if isinstance(best, dict) else None
+    columns: dict[str, float] = {}
+    for record in read_evaluations(run_dir):
+        step = record["step"]
+        suffix = ("@best" if record.get("checkpoint") == "best" and step == best_step
+                  else "" if step == info.get("step") else f"@step{step}")
+        columns.update({f"{key}{suffix}": value for key, value in record["metrics"].items()
+                        if _is_finite_number(value)})
+    return columns
+
+
 def _started(info: dict[str, Any]) -> float:
     """``run.json``'s start time as a POSIX timestamp; infinity when absent or invalid."""
     try:
@@ -171,6 +192,7 @@ def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr) -> tuple[pd.DataF
     a duplicate (same composition and seed as an earlier-started run, which is the one kept);
     runs not finished (running, interrupted, failed) are summed up in one line by status.
     A ``metrics.json`` key that names a config column (``eval_samples``) is not a metric.
+    ``harness eval``'s results add columns (``evaluation_columns``).
     """
     loaded: list[tuple[tuple[float, str, str], dict[str, Any], dict[str, Any]]] = []
     unfinished: Counter[str] = Counter()
@@ -184,6 +206,8 @@ def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr) -> tuple[pd.DataF
                 unfinished[status] += 1
                 continue
             row, metrics = run_row(run_dir), read_metrics(run_dir)
+            metrics.update({k: v for k, v in evaluation_columns(run_dir, info).items()
+                            if k not in metrics})
         except Unusable as exc:
             warn(f"{run_dir}: {exc}; skipped")
             continue
@@ -221,9 +245,15 @@ STATS = ("std", "sem")
 
 def within_run_spreads(metrics: list[str]) -> dict[str, str]:
     """Keys that are a run's own spread of another metric (``kid_digits_10k_std``, the std
-    of KID over subsets) -> that metric. They are not metrics to average over seeds."""
-    return {m: m.removesuffix("_std") for m in metrics
-            if m.endswith("_std") and m.removesuffix("_std") in metrics}
+    of KID over subsets; ``kid_digits_10k_std@best`` of ``kid_digits_10k@best``) -> that
+    metric. They are not metrics to average over seeds."""
+    spreads = {}
+    for m in metrics:
+        key, at, where = m.partition("@")
+        metric = key.removesuffix("_std") + at + where
+        if key.endswith("_std") and metric in metrics:
+            spreads[m] = metric
+    return spreads
 
 
 def aggregate(
