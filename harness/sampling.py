@@ -97,8 +97,9 @@ def generate(
     """Samples of the evaluation generator for ``labels`` (n,), batch by batch: ``(x, y)``
     with x float (b, *shape) on the CPU (images in [-1, 1], unless G diverged) and y (b,) the
     batch's labels. Latents follow the module's protocol (seeded from ``seed + 1``, block by
-    block); the global RNG and G's training mode are restored, also between batches, so the
-    consumer may draw random numbers."""
+    block, each drawn under its own seed with the global RNG restored after it), so the
+    consumer may draw random numbers between batches without changing the samples. G is in
+    eval mode while the iteration runs and back in its own mode when it ends."""
     seeds = block_seeds(math.ceil(len(labels) / BLOCK), seed + 1)
     with sampling_generator(run) as generator, torch.no_grad():
         for block, block_seed in zip(labels.split(BLOCK), seeds, strict=True):

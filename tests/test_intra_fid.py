@@ -13,13 +13,16 @@ import torch
 from pydantic import ValidationError
 
 from harness.api import DataLocation, DataSpec, Generator, from_uint8
-from harness.errors import ConfigError, MetricError
+from harness.errors import ConfigError, MetricError, MetricUnavailable
 from harness.sampling import sampler
 from harness_plugins.datasets.digits import load_digits_32
 from harness_plugins.metrics.fidelity import (
     DigitsFidelity,
     DigitsIntraFidelity,
+    InceptionIntraFidelity,
     UInt8Images,
+    file_sha256,
+    inception_layout,
     reference_cache_name,
 )
 from tests.conftest import only_run
@@ -134,6 +137,22 @@ def test_intra_fid_options_check_and_unscored_classes(tmp_path):
     assert DigitsIntraFidelity.option_defaults(config) == {"samples": 100, "min_real": 10}
     config.eval_samples = 5
     assert DigitsIntraFidelity.option_defaults(config) == {"samples": 5, "min_real": 5}
+
+
+def test_intra_fid_inception_needs_its_weights_and_records_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("HARNESS_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(MetricUnavailable, match="--inception-weights PATH"):
+        InceptionIntraFidelity(InceptionIntraFidelity.Options())
+    weights = tmp_path / "inception.pth"
+    torch.save({k: torch.zeros(()).expand(v) for k, v in inception_layout().items()}, weights)
+    monkeypatch.setenv("HARNESS_INCEPTION_WEIGHTS", str(weights))
+    metric = InceptionIntraFidelity(InceptionIntraFidelity.Options())
+    assert metric.resolved()["weights"] == f"sha256:{file_sha256(weights.resolve())}"
+    assert metric.supports(DataSpec(shape=(3, 32, 32))) and not metric.supports(DataSpec((2,)))
+    assert metric.prepare_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape[1] == 3
+    assert not metric.default and metric.direction("intra_fid_inception_1k_mean") == "lower"
+    assert metric.direction("intra_fid_inception_1k_classes") is None
 
 
 def test_fid_against_the_held_out_split(tmp_path):
