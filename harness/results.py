@@ -19,11 +19,12 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, one_line
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG, RUN, METRICS, LOG = "config.json", "run.json", "metrics.json", "log.jsonl"
 CHECKPOINTS = Path("checkpoints")
@@ -116,6 +117,8 @@ def save_checkpoint(path: Path, state: dict[str, Any], identity: dict[str, Any])
 
 def torch_bytes(obj: Any) -> bytes:
     """``obj`` as ``torch.save`` writes it."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -131,6 +134,8 @@ def load_checkpoint(
     (one line) for a truncated or foreign file, another format version, or another run's
     checkpoint (different trajectory hash or seed).
     """
+    import torch
+
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -179,6 +184,8 @@ def kept_steps(run_dir: Path) -> list[int]:
 def checkpoint_step(path: Path) -> int | None:
     """The step a checkpoint (or ``best.pt``) at ``path`` records, read through a memory map
     (its tensors are not read); None when it is missing or unreadable."""
+    import torch
+
     try:
         step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]
     except Exception:  # missing, truncated, not a checkpoint: torch raises many kinds
@@ -349,6 +356,8 @@ def git_commit(path: Path) -> dict[str, Any] | None:
 
 def environment() -> dict[str, Any]:
     """Versions, platform and code revision: what it takes to re-run a run exactly."""
+    import torch
+
     versions = {}
     for package in TRACKED_PACKAGES:
         try:

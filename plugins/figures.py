@@ -12,13 +12,11 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from harness import hookimpl
-from harness.api import to_uint8
 from harness.results import LOG, atomic_write_bytes
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where used: listing plugins must not load it
+    import torch
     from matplotlib.figure import Figure
 
     from harness.run import Run
@@ -43,6 +41,8 @@ def image_grid_png(run: Run) -> bytes:
     from PIL import Image
     from torchvision.utils import make_grid
 
+    from harness.api import to_uint8
+
     images = run.generate(grid_labels(run), run.config.seed + SEED_OFFSET)
     grid = make_grid(to_uint8(images), nrow=COLUMNS, padding=1)
     buffer = io.BytesIO()
@@ -52,6 +52,8 @@ def image_grid_png(run: Run) -> bytes:
 
 def scatter_png(run: Run) -> bytes:
     """Flat 2-D data: real points in grey, generated points coloured by class."""
+    import torch
+
     weights = run.conditioner.class_weights()
     labels = torch.multinomial(
         weights, POINTS, replacement=True, generator=torch.Generator().manual_seed(run.config.seed)
