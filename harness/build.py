@@ -8,8 +8,9 @@ import math
 import os
 import sys
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
@@ -82,8 +83,42 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
         run = build_components(config, pm, classes, options, resolved, device)
         check_networks(run)
     check_eval_memory(config, run.dataset)
+    best_metric_direction(run)
     run.conditioner.bind(run.models)
     return run
+
+
+def best_metric_direction(run: Run) -> Literal["higher", "lower"] | None:
+    """Which way the run's ``--best-metric`` key improves (``Metric.direction`` of the first
+    of the run's metrics with a ``better`` pattern matching it); None without the flag.
+
+    Raises ``ConfigError`` (one line) when none of the run's metrics names the key (the
+    valid choices: their key patterns that have a direction), when the key has no direction
+    (a spread such as ``kid_digits_10k_std``), or when the run evaluates only at its end
+    (``--eval-every`` 0: the last checkpoint would be the only candidate).
+    """
+    cfg = run.config
+    key = cfg.best_metric
+    if key is None:
+        return None
+    owner = next((name for name, metric in run.metrics.items()
+                  if any(fnmatch(key, pattern) for pattern in type(metric).better)), None)
+    if owner is None:
+        choices = ", ".join(f"{pattern} ({name})" for name, metric in run.metrics.items()
+                            for pattern, way in type(metric).better.items() if way)
+        raise ConfigError(f"--best-metric {key}: no metric of this run ({', '.join(run.metrics)})"
+                          f" gives that key (valid: {choices or 'none has a direction'})")
+    direction = run.metrics[owner].direction(key)
+    if direction is None:
+        raise ConfigError(f"--best-metric {key}: metric {owner!r} gives it no direction (better "
+                          "is neither higher nor lower, e.g. a spread); valid: a key with one, "
+                          + ", ".join(p for p, way in type(run.metrics[owner]).better.items()
+                                      if way))
+    if not cfg.eval_every:
+        raise ConfigError(f"--best-metric {key}: the run evaluates only at its end, so the "
+                          "last checkpoint would be the only candidate (valid: with "
+                          "--eval-every N, N > 0)")
+    return direction
 
 
 def build_components(

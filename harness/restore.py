@@ -120,7 +120,8 @@ def load_run(
     no run, has no such checkpoint or another run's checkpoint, or the overrides are invalid.
     """
     run_dir = Path(run_dir)
-    saved = {**read_saved_config(run_dir, what), "progress": False, "log": []}  # no loggers
+    # no loggers, and no --best-metric (its metric may not be among the evaluated ones)
+    saved = {**read_saved_config(run_dir, what), "progress": False, "log": [], "best_metric": None}
     config = make_config({**saved, **(overrides or {})})
     path = resolve_checkpoint(run_dir, checkpoint, what)
     run = build_run(config, get_plugin_manager())

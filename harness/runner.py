@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from harness import results
-from harness.errors import ConfigError
+from harness.build import best_metric_direction
 from harness.replicas import Replicas, rng_state
 from harness.run import Run
-from harness.trainer import BestCheckpoint, Trainer, best_metric_direction
+from harness.trainer import BestCheckpoint, Trainer
 
 
 def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
@@ -25,7 +25,6 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     ``Diverged`` or any other error (status ``failed``).
     """
     trainer = Trainer(run)
-    check_settings([run], [resume])
     info = start(run, trainer, resume)
     try:
         with trainer.interruptible():
@@ -53,7 +52,6 @@ def execute_replicas(
     ``KeyboardInterrupt`` (every unfinished run ``interrupted``) or any other error (every
     unfinished run ``failed``).
     """
-    check_settings(runs, resumes)
     replicas = Replicas(runs, rng_states)
     infos = []
     for replica, resume in zip(replicas.replicas, resumes, strict=True):
@@ -81,23 +79,6 @@ def execute_replicas(
                 stopped(replica.run, infos[i], replica.failure or exc)
         raise
     return {r.run.directory: r.failure for r in replicas.replicas}  # type: ignore[misc]
-
-
-def check_settings(runs: list[Run], resumes: list[dict[str, Any] | None]) -> None:
-    """What the runs' settings ask of their metrics (``--best-metric``), before anything is
-    written: on a ``ConfigError`` a new run directory holding only its lock file (made for
-    this run, nothing written yet) is removed, so a refused run leaves no directory."""
-    try:
-        for run in runs:
-            best_metric_direction(run)
-    except ConfigError:
-        for run, resume in zip(runs, resumes, strict=True):
-            directory = run.directory
-            if resume is None and directory is not None and \
-                    {p.name for p in directory.iterdir()} <= {results.LOCK}:
-                (directory / results.LOCK).unlink(missing_ok=True)
-                directory.rmdir()
-        raise
 
 
 def keep_best(run: Run, trainer: Trainer, info: dict[str, Any]) -> None:

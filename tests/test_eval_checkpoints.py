@@ -12,13 +12,13 @@ import torch
 
 from harness import results
 from harness.api import Metric
+from harness.build import best_metric_direction
 from harness.cli import main
 from harness.errors import ConfigError
 from harness.evaluation import read_evaluations
 from harness.leaderboard import load_runs, within_run_spreads
 from harness.manager import get_plugin_manager
 from harness.restore import load_generator
-from harness.trainer import best_metric_direction
 from tests.conftest import StopAt, only_run
 
 RING = ["run", "--steps", "30", "--eval-samples", "400", "--dataset-opt", "size=500",
