@@ -189,13 +189,19 @@ def test_resuming_runs_of_different_compositions_together_is_refused(cli, pm, tm
     assert result.code == 2 and "differs from" in result.err and "cond" in result.err
 
 
-def test_resuming_one_directory_twice_is_refused_before_locking(cli, pm, tmp_path):
+def interrupted_run(cli, pm, out: Path) -> Path:
+    """A run stopped at step 3 (status interrupted), resumable."""
     pm.register(StopAt(3), name="stop-at")
     try:
-        cli("run", *FAST, "--out", tmp_path)
+        cli("run", *FAST, "--out", out)
     finally:
         pm.unregister(name="stop-at")
-    (run_dir,) = runs_dirs(tmp_path)
+    (run_dir,) = runs_dirs(out)
+    return run_dir
+
+
+def test_resuming_one_directory_twice_is_refused_before_locking(cli, pm, tmp_path):
+    run_dir = interrupted_run(cli, pm, tmp_path)
     for twice in ([run_dir, run_dir], [run_dir, f"{run_dir}/"]):
         result = cli("run", "--resume", *twice)
         assert result.code == 2 and "given twice" in result.err, result.err
@@ -232,12 +238,7 @@ def test_a_stopped_sequential_group_names_the_seeds_not_started(cli, pm, tmp_pat
 
 
 def test_seeds_and_resume_together_are_refused(cli, pm, tmp_path):
-    pm.register(StopAt(3), name="stop-at")
-    try:
-        cli("run", *FAST, "--out", tmp_path)
-    finally:
-        pm.unregister(name="stop-at")
-    (run_dir,) = runs_dirs(tmp_path)
+    run_dir = interrupted_run(cli, pm, tmp_path)
     result = cli("run", "--resume", run_dir, "--seeds", "0-1")
     assert result.code == 2 and "--seeds cannot be combined with --resume" in result.err
 
