@@ -29,10 +29,13 @@ from typing import Any
 import torch
 
 from harness.build import build_run
+from harness.cli import int_arg
 from harness.config import make_config
+from harness.errors import HarnessError
 from harness.manager import get_plugin_manager
 from harness.replicas import Replicas, rng_state
 from harness.results import atomic_write_json, environment
+from harness.seeds import parse_seeds
 from harness.trainer import Trainer
 
 CONFIG = {"prior": "gaussian", "cond": "kmeans_d", "backbone": "mlp", "dataset": "ring",
@@ -55,6 +58,17 @@ def group(n: int, pm: Any) -> Replicas:
     return replicas
 
 
+def group_sizes(text: str) -> list[int]:
+    """``--seeds``: distinct group sizes N >= 1, written as ``harness run --seeds`` is."""
+    try:
+        sizes = parse_seeds(text)
+    except HarnessError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--seeds", "group sizes")) from None
+    if 0 in sizes:
+        raise argparse.ArgumentTypeError(f"{text!r}: group size 0 (valid: sizes >= 1)")
+    return sizes
+
+
 def ms_per_step(step: Any, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
@@ -64,11 +78,15 @@ def ms_per_step(step: Any, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="1,2,5,10,20", help="group sizes N to measure")
-    parser.add_argument("--rounds", type=int, default=10, help="alternating blocks per side")
-    parser.add_argument("--block", type=int, default=10, help="steps per block")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per side first")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--seeds", type=group_sizes, default=[1, 2, 5, 10, 20],
+                        help="group sizes N to measure, e.g. 1,2,5,10,20")
+    parser.add_argument("--rounds", type=int_arg(1, 10_000), default=10,
+                        help="alternating blocks per side")
+    parser.add_argument("--block", type=int_arg(1, 100_000), default=10, help="steps per block")
+    parser.add_argument("--warmup", type=int_arg(0, 100_000), default=5,
+                        help="untimed steps per side first")
+    parser.add_argument("--threads", type=int_arg(1, 1024), default=None,
+                        help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     args = parser.parse_args()
     if args.threads is not None:
@@ -84,7 +102,7 @@ def main() -> None:
     print(f"bench_seeds: ring/kmeans_d/mlp, batch 100, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), {args.rounds} rounds x {args.block} steps")
     print(f"{'N':>3} {'single ms':>10} {'together ms':>12} {'ms/seed':>8} {'throughput':>11}")
-    for n in (int(s) for s in args.seeds.split(",")):
+    for n in args.seeds:
         replicas = group(n, pm)
         sides = {"single": single.step, "together": replicas.step}
         for step in sides.values():

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -47,6 +48,14 @@ def betas_arg(text: str) -> tuple[float, float]:
     return first, second
 
 
+def whole_number(text: str) -> int:
+    """An integer flag's value in ASCII digits (``int`` alone would also take other scripts'
+    digits and underscores, e.g. ``'\u0663'`` as 3); else a one-line usage error."""
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (valid: digits 0-9)")
+    return int(text)
+
+
 RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--prior": ("prior", str, "latent prior plugin (default: gaussian)"),
     "--cond": ("cond", str, "conditioning source plugin (default: kmeans_d)"),
@@ -56,11 +65,11 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--loss": ("loss", str, "adversarial loss plugin (default: bce)"),
     "--reg": ("reg", str, "regulariser plugin, e.g. r1 (default: none)"),
     "--augment": ("augment", str, "augmentation of D's inputs, e.g. diffaug (default: none)"),
-    "--seed": ("seed", int, "random seed (default: 0)"),
-    "--steps": ("steps", int, "training iterations (default: 1500)"),
-    "--batch-size": ("batch_size", int, "batch size (default: 100)"),
-    "--d-steps": ("d_steps", int, "D updates per G update (default: 1)"),
-    "--z-dim": ("z_dim", int, "latent size (default: the backbone's)"),
+    "--seed": ("seed", whole_number, "random seed (default: 0)"),
+    "--steps": ("steps", whole_number, "training iterations (default: 1500)"),
+    "--batch-size": ("batch_size", whole_number, "batch size (default: 100)"),
+    "--d-steps": ("d_steps", whole_number, "D updates per G update (default: 1)"),
+    "--z-dim": ("z_dim", whole_number, "latent size (default: the backbone's)"),
     "--lr-g": ("lr_g", float, "G learning rate (default: 1e-4)"),
     "--lr-d": ("lr_d", float, "D learning rate (default: 1e-4)"),
     "--betas-g": ("betas_g", betas_arg, "G's Adam betas B1,B2 (default: 0.8,0.999)"),
@@ -68,24 +77,30 @@ RUN_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--optimizer": ("optimizer", str, "adam or adamw, for every network (default: adam)"),
     "--weight-decay": ("weight_decay", float,
                        "optimiser weight decay (default: Adam 0, AdamW 0.01)"),
-    "--eval-samples": ("eval_samples", int, "generated samples for metrics (default: 50000)"),
+    "--eval-samples": ("eval_samples", whole_number,
+                       "generated samples for metrics (default: 50000)"),
     "--out": ("out", path_arg, "results folder (default: results)"),
     "--device": ("device", str, "cpu, cuda or auto (default: cpu)"),
-    "--threads": ("threads", int, "torch CPU threads (default: torch's choice)"),
-    "--log-every": ("log_every", int, "steps between log.jsonl records (default: 100)"),
+    "--threads": ("threads", whole_number, "torch CPU threads (default: torch's choice)"),
+    "--log-every": ("log_every", whole_number, "steps between log.jsonl records (default: 100)"),
     "--log": ("log", str, "comma-separated loggers: tensorboard, wandb or a plugin's (default: "
               "none; harness plugins lists them)"),
-    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (default: 1000)"),
-    "--keep-checkpoints": ("keep_checkpoints", int, "also keep the checkpoint of every K-th "
+    "--checkpoint-every": ("checkpoint_every", whole_number,
+                           "steps between checkpoints (default: 1000)"),
+    "--keep-checkpoints": ("keep_checkpoints", whole_number,
+                           "also keep the checkpoint of every K-th "
                            "step as checkpoints/step-<K*i>.pt (a multiple of "
                            "--checkpoint-every; default: 0, only the last)"),
     "--best-metric": ("best_metric", str, "keep checkpoints/best.pt: the weights at the "
                       "evaluation with the best value of this metric key, e.g. "
                       "fid_digits_10k (needs --eval-every)"),
-    "--sample-every": ("sample_every", int, "steps between sample grids (default: 0, at the end)"),
-    "--eval-every": ("eval_every", int, "steps between evaluations (default: 0, at the end)"),
+    "--sample-every": ("sample_every", whole_number,
+                       "steps between sample grids (default: 0, at the end)"),
+    "--eval-every": ("eval_every", whole_number,
+                     "steps between evaluations (default: 0, at the end)"),
     "--ema-decay": ("ema_decay", float, "evaluate an EMA of G's weights (e.g. 0.999)"),
-    "--ema-start": ("ema_start", int, "steps before the EMA starts averaging (default: 0)"),
+    "--ema-start": ("ema_start", whole_number,
+                    "steps before the EMA starts averaging (default: 0)"),
     "--data-root": ("data_root", path_arg,
                     "folder of MNIST / CIFAR-10 / image data (default: data)"),
 }
@@ -100,7 +115,7 @@ class GivenOnce(argparse.Action):
                  values: Any, option_string: str | None = None) -> None:
         if getattr(namespace, self.dest) is not None:
             parser.error(f"{option_string} is given twice (valid: once; {option_string} "
-                         "takes a list)" if self.dest == "seeds" else
+                         "takes a list)" if self.metavar == "SEEDS" else
                          f"{option_string} is given twice (valid: once)")
         setattr(namespace, self.dest, values)
 
@@ -288,7 +303,9 @@ def command_run(args: argparse.Namespace) -> int:
     if args.resume and args.seeds is not None:
         raise HarnessError("--seeds cannot be combined with --resume (valid: one of them; the "
                            "resumed run directories fix their seeds)")
-    if args.vectorise is not None and len(args.resume or []) < 2 and args.seeds is None:
+    several = len(args.resume) > 1 if args.resume else (
+        args.seeds is not None and len(seeds.parse_seeds(args.seeds)) > 1)
+    if args.vectorise is not None and not several:
         raise HarnessError(f"--vectorise {args.vectorise}: needs several seeds (valid: with "
                            "--seeds, or --resume with several run directories)")
     vectorise = args.vectorise or "auto"
@@ -592,8 +609,8 @@ def int_arg(low: int, high: int) -> Any:
     """An argparse type: a whole number in [low, high], else a one-line usage error."""
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
+            value = whole_number(text)
+        except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a whole number (valid: {low} to {high})") from None
         if not low <= value <= high:
@@ -719,7 +736,7 @@ def add_suite_parser(commands: Any) -> None:
     suite.add_argument("--profile", default="quick",
                        help="budget: quick (about 20 min on 2 CPU cores) or paper (the "
                        "published schedule); default: quick")
-    suite.add_argument("--seeds", type=int_arg(1, 1000), metavar="N",
+    suite.add_argument("--seeds", type=int_arg(1, 1000), metavar="N", action=GivenOnce,
                        help="seeds 0..N-1 per row and dataset (default: the profile's)")
     suite.add_argument("--vectorise", choices=("auto", "yes", "no"), default="auto",
                        help="train each row's new seeds together as one vectorised job: yes, "
@@ -797,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before training, or a suite's third signal
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`harness leaderboard | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -169,6 +169,9 @@ def test_bad_seed_flags_write_nothing(cli, tmp_path):
                           (["--seeds", "0-1", "--seed", "3"], "cannot be combined"),
                           (["--seeds", "0-1", "--seeds", "2-3"], "--seeds is given twice"),
                           (["--vectorise", "no"], "needs several seeds"),
+                          (["--seeds", "5", "--vectorise", "yes"], "needs several seeds"),
+                          (["--seed", "\u0663"], "is not a whole number (valid: digits 0-9)"),
+                          (["--steps", "1_000"], "is not a whole number"),
                           (["--seeds", "0-1", "--vectorise", "maybe"], "invalid choice"),
                           (["--seeds", "0,1", "--vectorise", "yes", "--reg", "r1"],
                            "--vectorise yes: reg 'r1' adds its own terms")]:

@@ -415,3 +415,11 @@ def test_on_the_cpu_auto_keeps_one_run_per_job(pm, tmp_path):
     assert len(together) == 2
     assert [j.run_keys() for j in make_jobs(jobs, tmp_path, {}, together)] == [
         ["ring/none/s0", "ring/none/s1"], ["ring/kmeans_d/s0", "ring/kmeans_d/s1"]]
+
+
+def test_suite_seeds_given_twice_or_in_other_digits_are_refused(cli, tmp_path):
+    file, out = tiny_file(tmp_path), tmp_path / "out"
+    for extra, message in [(["--seeds", "3", "--seeds", "4"], "--seeds is given twice"),
+                           (["--seeds", "\u0663"], "is not a whole number")]:
+        result = cli(*suite_cmd(file, out, "--dry-run", *extra))
+        assert result.code == 2 and message in result.err and not out.exists()
