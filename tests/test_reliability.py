@@ -55,7 +55,7 @@ def nine_images(root: Path, classes: bool = False) -> Path:
 
 # (flags, texts the one error line must contain); a callable builds flags from tmp_path.
 BAD_INPUT: dict[str, tuple[list[str] | Callable[[Path], list[str]], list[str]]] = {
-    "seed not an int": (["--seed", "1e23"], ["--seed", "invalid int value", "'1e23'"]),
+    "seed not an int": (["--seed", "1e23"], ["--seed", "is not a whole number", "'1e23'"]),
     "seed too large": (["--seed", str(10**30)], ["seed", "less than or equal to 4294967295"]),
     "negative steps": (["--steps", "-5"], ["steps=-5"]),
     "NaN learning rate": (["--lr-g", "nan"], ["lr_g", "finite"]),
