@@ -303,8 +303,8 @@ def command_run(args: argparse.Namespace) -> int:
     if args.resume and args.seeds is not None:
         raise HarnessError("--seeds cannot be combined with --resume (valid: one of them; the "
                            "resumed run directories fix their seeds)")
-    several = len(args.resume) > 1 if args.resume else (
-        args.seeds is not None and len(seeds.parse_seeds(args.seeds)) > 1)
+    chosen = seeds.parse_seeds(args.seeds) if args.seeds is not None else None
+    several = len(args.resume) > 1 if args.resume else len(chosen or []) > 1
     if args.vectorise is not None and not several:
         raise HarnessError(f"--vectorise {args.vectorise}: needs several seeds (valid: with "
                            "--seeds, or --resume with several run directories)")
@@ -326,7 +326,7 @@ def command_run(args: argparse.Namespace) -> int:
         config = config_from_args(args, pm)
         if args.seeds is not None and args.seed is not None:
             raise HarnessError("--seed and --seeds cannot be combined (valid: one of them)")
-        chosen = seeds.parse_seeds(args.seeds) if args.seeds is not None else [config.seed]
+        chosen = chosen or [config.seed]
         configs = [config if s == config.seed else
                    make_config({**config.model_dump(mode="json"), "seed": s}) for s in chosen]
         results.check_output_dir(config.out)

@@ -10,6 +10,7 @@ the only result the suite's leaderboard reads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -153,7 +154,7 @@ def _train_together(job: Job, start: float) -> Outcome:
         members = tuple(_outcome_of_run(key, path) for key, path in zip(
             job.run_keys(), paths, strict=True))
     seconds = time.perf_counter() - start
-    members = tuple(Outcome(m.key, m.status, m.run_dir, m.error, seconds) for m in members)
+    members = tuple(dataclasses.replace(m, seconds=seconds) for m in members)
     for member in members:
         print(f"job {member.key}: {member.status}"
               + (f": {member.error}" if member.error else ""), file=sys.stderr)

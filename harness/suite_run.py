@@ -9,7 +9,6 @@ again in a new directory (the failed one is kept and never counted).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import signal
 import sys
@@ -308,11 +307,13 @@ def check_compositions(jobs: list[Planned], pm: PluginManager, vectorise: str = 
             continue
         reason = blocker(run)
         if reason is None:
-            with contextlib.suppress(HarnessError):
+            try:
                 check_group_memory(run, size)
+            except HarnessError:
+                reason = f"{size} seeds together would not fit in memory"
+            else:
                 together.add(key)
                 continue
-            reason = f"{size} seeds together would not fit in memory"
         if vectorise == "yes":
             print(f"note: {job.dataset}/{job.row}: seeds train one per job: {reason}",
                   file=sys.stderr)

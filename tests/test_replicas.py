@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -27,6 +28,16 @@ SETTINGS = {"steps": 3, "progress": False, "metrics": ["modes_2d"], "eval_sample
 
 def runs_dirs(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_dir())
+
+
+@contextlib.contextmanager
+def registered(pm, plugin, name: str):
+    """``plugin`` registered with ``pm`` as ``name`` inside the block."""
+    pm.register(plugin, name=name)
+    try:
+        yield
+    finally:
+        pm.unregister(name=name)
 
 
 class Recorder:
@@ -96,11 +107,8 @@ def test_interrupted_group_resumes_exactly(cli, pm, tmp_path):
     args = ["run", *FAST, *SMALL, "--seeds", "0,1", "--checkpoint-every", "10",
             "--vectorise", "yes"]
     assert cli(*args, "--out", tmp_path / "straight").code == 0
-    pm.register(StopAt(12), name="stop-at")
-    try:
+    with registered(pm, StopAt(12), "stop-at"):
         stopped = cli(*args, "--out", tmp_path / "resumed")
-    finally:
-        pm.unregister(name="stop-at")
     assert stopped.code == 130
     dirs = runs_dirs(tmp_path / "resumed")
     assert f"--resume {dirs[0]} {dirs[1]}" in stopped.err
@@ -127,12 +135,9 @@ class PoisonSeed:
 
 
 def test_a_diverged_seed_fails_alone(cli, pm, tmp_path):
-    pm.register(PoisonSeed(), name="poison")
-    try:
+    with registered(pm, PoisonSeed(), "poison"):
         result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--vectorise", "yes",
                      "--out", tmp_path)
-    finally:
-        pm.unregister(name="poison")
     assert result.code == 1
     statuses = [json.loads((d / "run.json").read_text()) for d in runs_dirs(tmp_path)]
     assert [s["status"] for s in statuses] == ["finished", "failed", "finished"]
@@ -181,12 +186,9 @@ def test_bad_seed_flags_write_nothing(cli, tmp_path):
 
 
 def test_resuming_runs_of_different_compositions_together_is_refused(cli, pm, tmp_path):
-    pm.register(StopAt(3), name="stop-at")
-    try:
+    with registered(pm, StopAt(3), "stop-at"):
         for cond in ("kmeans_d", "random"):
             cli("run", *FAST, "--cond", cond, "--out", tmp_path / cond)
-    finally:
-        pm.unregister(name="stop-at")
     dirs = [runs_dirs(tmp_path / cond)[0] for cond in ("kmeans_d", "random")]
     result = cli("run", "--resume", *dirs)
     assert result.code == 2 and "differs from" in result.err and "cond" in result.err
@@ -194,11 +196,8 @@ def test_resuming_runs_of_different_compositions_together_is_refused(cli, pm, tm
 
 def interrupted_run(cli, pm, out: Path) -> Path:
     """A run stopped at step 3 (status interrupted), resumable."""
-    pm.register(StopAt(3), name="stop-at")
-    try:
+    with registered(pm, StopAt(3), "stop-at"):
         cli("run", *FAST, "--out", out)
-    finally:
-        pm.unregister(name="stop-at")
     (run_dir,) = runs_dirs(out)
     return run_dir
 
@@ -229,12 +228,9 @@ def test_a_group_too_large_for_memory_is_refused_before_anything_is_written(
 
 
 def test_a_stopped_sequential_group_names_the_seeds_not_started(cli, pm, tmp_path):
-    pm.register(StopAt(2), name="stop-at")
-    try:
+    with registered(pm, StopAt(2), "stop-at"):
         result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--vectorise", "no",
                      "--out", tmp_path)
-    finally:
-        pm.unregister(name="stop-at")
     assert result.code == 130
     assert "not started: seeds 1,2" in result.err and "--seeds 1,2" in result.err
     assert len(runs_dirs(tmp_path)) == 1
