@@ -22,6 +22,7 @@ from harness import __version__
 from harness.commands import add_parsers
 from harness.errors import HarnessError, PluginError, one_line
 from harness.manager import get_plugin_manager
+from harness.signals import exit_code, on_stop_signals, raise_interrupt, signal_of
 
 if TYPE_CHECKING:
     from harness.config import RunConfig
@@ -390,22 +391,11 @@ def check_group(configs: list[RunConfig], directories: list[Path]) -> None:
                            "per seed)")
 
 
-def run_status(directory: Path) -> str | None:
-    """The status run.json records (None when it is missing or unreadable)."""
-    from harness import results
-
-    try:
-        info = results.read_json(directory / results.RUN)
-    except (OSError, ValueError):
-        return None
-    return info.get("status") if isinstance(info, dict) else None
-
-
 def print_results(directories: list[Path]) -> None:
     """The finished runs' leaderboard (mean ± std over seeds) and the published rows."""
-    from harness import leaderboard
+    from harness import leaderboard, results
 
-    finished = [d for d in directories if run_status(d) == "finished"]
+    finished = [d for d in directories if results.run_status(d) == "finished"]
     if not finished:
         return
     frame, metrics = leaderboard.load_runs(finished)
@@ -670,7 +660,7 @@ def restore_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def command_cluster(args: argparse.Namespace) -> int:
-    from harness import analysis, restore
+    from harness import analysis, restore, results
 
     what, directory = "harness cluster", args.run_dir
     analysis.check_mixture_config(restore.read_saved_config(directory, what), directory, what)
@@ -678,7 +668,7 @@ def command_cluster(args: argparse.Namespace) -> int:
         summary, index, predicted, true = analysis.cluster_run(
             run, args.samples_per_component, args.subset, what
         )
-        summary["run_status"] = restore.read_status(directory).get("status")
+        summary["run_status"] = results.run_status(directory)
         paths = analysis.write_cluster(directory, summary, index, predicted, true)
     if "note" in summary:
         print(f"note: {summary['note']}", file=sys.stderr)
@@ -807,13 +797,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {one_line(warning)}", file=sys.stderr)
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        return handler(args)
+        # SIGTERM as Ctrl-C from the start: set-up and clean-up run as for a Ctrl-C (training
+        # and suites install their own handlers inside, restoring these after)
+        with on_stop_signals(raise_interrupt):
+            return handler(args)
     except HarnessError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before training, or a suite's third signal
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # a signal outside training, or a suite's third
+        name = signal_of(exc)
+        print(f"\ninterrupted ({name or 'SIGINT'})", file=sys.stderr)
+        return exit_code(name)
     except BrokenPipeError:  # the reader went away (`harness leaderboard | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0

@@ -62,10 +62,10 @@ def evaluate(run_dir: Path, checkpoint: str, settings: dict[str, Any],
     checkpoint that was not saved, an unknown metric, one that does not apply to the run's
     dataset, or bad options.
     """
-    from harness.restore import load_run, read_status, resolve_checkpoint
+    from harness.restore import load_run, resolve_checkpoint
     from harness.trainer import Trainer
 
-    status = read_status(run_dir).get("status")
+    status = results.run_status(run_dir)
     path = resolve_checkpoint(run_dir, checkpoint, what)
     run = load_run(run_dir, what, settings, checkpoint)
     started = time.perf_counter()

@@ -109,28 +109,28 @@ def _train(job: Job) -> Path:
     from harness.config import make_config
     from harness.errors import HarnessError
     from harness.manager import get_plugin_manager
-    from harness.run import run_name
+    from harness.seeds import locked_directory
 
     config = make_config(job.config)
     run = build_run(config, get_plugin_manager())
+    resume = None if job.resume is None else {"changed": {}, "by": "harness suite"}
     if job.resume is None:
         results.check_output_dir(config.out)
-        run.directory = results.create_run_dir(config.out, run_name(config))
-        resume = None
+        directory = locked_directory(run, None)  # removed again if the run never starts
     else:
         run.directory = Path(job.resume)
-        resume = {"changed": {}, "by": "harness suite"}
-    with results.RunLock(run.directory):
-        if resume is not None:
-            status = results.read_json(run.directory / results.RUN).get("status")
-            if status == "finished":  # finished by another process since it was planned
-                return run.directory
+        directory = results.RunLock(run.directory)
+    with directory:
+        assert run.directory is not None
+        if resume is not None and results.run_status(run.directory) == "finished":
+            return run.directory  # finished by another process since it was planned
         try:
             runner.execute(run, resume)
         except BaseException as exc:
-            exc.run_dir = run.directory  # type: ignore[attr-defined]
-            if not isinstance(exc, KeyboardInterrupt | HarnessError):
-                (run.directory / results.TRACEBACK).write_text(traceback.format_exc())
+            if results.run_status(run.directory) is not None:  # else its directory goes
+                exc.run_dir = run.directory  # type: ignore[attr-defined]
+                if not isinstance(exc, KeyboardInterrupt | HarnessError):
+                    (run.directory / results.TRACEBACK).write_text(traceback.format_exc())
             raise
     return run.directory
 
@@ -151,8 +151,10 @@ def _train_together(job: Job, start: float) -> Outcome:
         error = one_line(f"{type(exc).__name__}: {exc}")
         members = tuple(Outcome(key, "failed", None, error) for key in job.run_keys())
     else:
-        members = tuple(_outcome_of_run(key, path) for key, path in zip(
-            job.run_keys(), paths, strict=True))
+        by_seed = {results.read_json(path / results.CONFIG)["config"]["seed"]: path
+                   for path in paths}
+        members = tuple(_outcome_of_run(key, by_seed.get(config.seed))
+                        for key, config in zip(job.run_keys(), configs, strict=True))
     seconds = time.perf_counter() - start
     members = tuple(dataclasses.replace(m, seconds=seconds) for m in members)
     for member in members:
@@ -162,10 +164,14 @@ def _train_together(job: Job, start: float) -> Outcome:
     return Outcome(job.key, worst.status, worst.run_dir, worst.error, seconds, members)
 
 
-def _outcome_of_run(key: str, directory: Path) -> Outcome:
-    """A trained run's outcome, from the status its ``run.json`` records."""
+def _outcome_of_run(key: str, directory: Path | None) -> Outcome:
+    """A trained run's outcome, from the status its ``run.json`` records (None: a signal
+    stopped the group before the run started; it has no directory)."""
     from harness import results
 
+    if directory is None:
+        return Outcome(key, "interrupted", None,
+                       "stopped by a signal before it started; the suite starts it again")
     info = results.read_json(directory / results.RUN)
     status = info.get("status")
     if status == "finished":

@@ -21,7 +21,7 @@ from harness.manager import get_plugin_manager
 from harness.run import Run
 from harness.trainer import Trainer
 
-__all__ = ["Run", "check_eval_memory", "load_generator", "load_run", "locked_run", "read_status",
+__all__ = ["Run", "check_eval_memory", "load_generator", "load_run", "locked_run",
            "resolve_checkpoint", "saved_checkpoints"]
 
 
@@ -45,15 +45,6 @@ def read_saved_config(run_dir: Path, what: str) -> dict[str, Any]:
     return saved["config"]
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """The run's ``run.json`` (status, steps), or ``{}`` when it is missing or unreadable."""
-    try:
-        info = results.read_json(run_dir / results.RUN)
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
 def saved_checkpoints(run_dir: Path) -> dict[int, Path]:
     """The steps ``run_dir`` holds a checkpoint of -> its file: ``--keep-checkpoints``'s
     ``step-<N>.pt`` first, then ``last.pt`` and ``best.pt`` (steps read from the files)."""
@@ -75,7 +66,7 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str = "last", what: str = "har
     has no such checkpoint, naming the saved steps, or when ``checkpoint`` is none of these.
     """
     run_dir = Path(run_dir)
-    status = read_status(run_dir).get("status", "unknown")
+    status = results.run_status(run_dir) or "unknown"
     if checkpoint == "last":
         path = run_dir / results.CHECKPOINT
         if not path.is_file():

@@ -5,6 +5,7 @@ Files are written atomically (temp file + rename), so a reader never sees half a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -341,6 +342,36 @@ def create_run_dir(out: Path, name: str) -> Path:
             raise HarnessError(f"--out {out}: cannot create a run directory: {exc.strerror}") \
                 from None
     raise HarnessError(f"could not create a run directory under {out}")
+
+
+def run_status(directory: Path | None) -> str | None:
+    """The status a run directory's run.json records: ``running``, ``finished``,
+    ``interrupted`` or ``failed``; None when there is no directory, no run.json or it
+    cannot be read."""
+    if directory is None:
+        return None
+    try:
+        info = read_json(Path(directory) / RUN)
+    except (OSError, ValueError):
+        return None
+    return info.get("status") if isinstance(info, dict) else None
+
+
+def remove_unstarted(directory: Path) -> bool:
+    """Remove a run directory this process made that never started training: no run.json,
+    nothing in it but its lock, config.json or a temporary file of an atomic write. Returns
+    whether it was removed (a directory holding anything else is left as it is)."""
+    if (directory / RUN).exists():
+        return False
+    entries = list(directory.iterdir()) if directory.is_dir() else []
+    if not all(e.is_file() and (e.name in (LOCK, CONFIG) or e.name.endswith(".tmp"))
+               for e in entries):
+        return False
+    for entry in entries:
+        entry.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+    return not directory.exists()
 
 
 def git_commit(path: Path) -> dict[str, Any] | None:

@@ -25,8 +25,9 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
     ``Diverged`` or any other error (status ``failed``).
     """
     trainer = Trainer(run)
-    info = start(run, trainer, resume)
+    info: dict[str, Any] | None = None
     try:
+        info = start(run, trainer, resume)
         with trainer.interruptible():
             run.pm.notify("harness_run_started", run=run)
             if run.checkpoint_step is None:
@@ -35,8 +36,10 @@ def execute(run: Run, resume: dict[str, Any] | None = None) -> dict[str, float]:
             metrics = trainer.evaluate()
             evaluated(run, metrics)
     except BaseException as exc:
-        stopped(run, info, exc)
+        if info is not None:  # else nothing was written: a signal came before
+            stopped(run, info, exc)
         raise
+    assert info is not None
     finished(run, info)
     return metrics
 
@@ -49,17 +52,17 @@ def execute_replicas(
     directory with its own run.json, as ``execute`` would one by one.
 
     Returns each run directory's failure (``Diverged``), None when it finished. Raises
-    ``KeyboardInterrupt`` (every unfinished run ``interrupted``) or any other error (every
-    unfinished run ``failed``).
+    ``KeyboardInterrupt`` (every started, unfinished run ``interrupted``; a run not yet
+    started has no run.json) or any other error (every started, unfinished run ``failed``).
     """
     replicas = Replicas(runs, rng_states)
-    infos = []
-    for replica, resume in zip(replicas.replicas, resumes, strict=True):
-        infos.append(start(replica.run, replica.trainer, resume))
-        if replica.run.checkpoint_step is not None:  # the checkpoint set the global RNG
-            replica.rng_state, replica.cuda_state = rng_state(replica.run.device)
+    infos: list[dict[str, Any]] = []  # of the runs started so far
     done: set[int] = set()
     try:
+        for replica, resume in zip(replicas.replicas, resumes, strict=True):
+            infos.append(start(replica.run, replica.trainer, resume))
+            if replica.run.checkpoint_step is not None:  # the checkpoint set the global RNG
+                replica.rng_state, replica.cuda_state = rng_state(replica.run.device)
         with replicas.interruptible():
             for run in runs:
                 run.pm.notify("harness_run_started", run=run)
@@ -74,9 +77,9 @@ def execute_replicas(
                     stopped(replica.run, infos[i], replica.failure)
                 done.add(i)
     except BaseException as exc:
-        for i, replica in enumerate(replicas.replicas):
+        for i, (replica, info) in enumerate(zip(replicas.replicas, infos, strict=False)):  # started
             if i not in done:
-                stopped(replica.run, infos[i], replica.failure or exc)
+                stopped(replica.run, info, replica.failure or exc)
         raise
     return {r.run.directory: r.failure for r in replicas.replicas}  # type: ignore[misc]
 

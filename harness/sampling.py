@@ -290,12 +290,11 @@ def describe(
     assert run.directory is not None
     classes = run.conditioner.num_classes
     images = run.dataset.spec.is_image
-    from harness.restore import read_status
 
     return {
         "run_dir": str(run.directory.absolute()),
         "run_id": run.directory.name,
-        "run_status": read_status(run.directory).get("status"),
+        "run_status": results.run_status(run.directory),
         "checkpoint": str(checkpoint),
         "checkpoint_step": run.step,
         "generator": "ema" if run.ema_generator is not None else "generator",

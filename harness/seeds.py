@@ -8,6 +8,7 @@ note saying why.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import re
@@ -25,6 +26,7 @@ from harness.errors import HarnessError, RunFailed, one_line
 from harness.manager import PluginManager
 from harness.replicas import blocker, rng_state
 from harness.run import Run, run_name
+from harness.signals import exit_code, signal_of
 
 MAX_SEEDS = 1000
 VECTORISE = ("auto", "yes", "no")
@@ -56,6 +58,16 @@ def parse_seeds(text: str) -> list[int]:
     if len(seeds) > MAX_SEEDS:
         raise HarnessError(f"--seeds {text!r}: {len(seeds)} seeds (valid: at most {MAX_SEEDS})")
     return seeds
+
+
+def format_seeds(seeds: list[int]) -> str:
+    """``seeds`` as ``parse_seeds`` reads them, consecutive ones as ranges: [0, 1, 2, 5] ->
+    ``0-2,5``."""
+    parts: list[str] = []
+    for _, run in itertools.groupby(enumerate(seeds), key=lambda pair: pair[1] - pair[0]):
+        values = [seed for _, seed in run]
+        parts.append(str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}")
+    return ",".join(parts)
 
 
 def train_group(
@@ -92,13 +104,21 @@ def train_group(
     done: list[Path] = []
     codes = []
     for i, config in enumerate(configs):
-        run = first if i == 0 else build_run(config, pm)
-        with locked_directory(run, directories[i] if directories else None):
-            assert run.directory is not None
-            done.append(run.directory)
-            codes.append(execute_one(run, resumes[i]))
+        started = False
+        try:
+            run = first if i == 0 else build_run(config, pm)
+        except KeyboardInterrupt as exc:
+            print(f"\ninterrupted ({signal_of(exc) or 'SIGINT'})", file=sys.stderr)
+            codes.append(exit_code(signal_of(exc)))
+        else:
+            with locked_directory(run, directories[i] if directories else None):
+                assert run.directory is not None
+                codes.append(execute_one(run, resumes[i]))
+            started = run.directory.is_dir()  # a new run stopped before it started is removed
+            if started:
+                done.append(run.directory)
         if codes[-1] not in (0, 1):  # interrupted: say what the stop left undone
-            report_not_started(configs[i + 1:], directories[i:] if directories else None)
+            report_not_started(configs[i + started:], directories[i:] if directories else None)
             return done, codes[-1]
     return done, max(codes)
 
@@ -153,73 +173,100 @@ def report_not_started(configs: list[RunConfig], directories: list[Path] | None)
             print("continue them all with: harness run --resume "
                   + " ".join(str(d) for d in directories), file=sys.stderr)
     elif configs:
-        listed = ",".join(str(c.seed) for c in configs)
+        listed = format_seeds([c.seed for c in configs])
         print(f"not started: seeds {listed} (start them with the same command and "
               f"--seeds {listed})", file=sys.stderr)
 
 
 @contextlib.contextmanager
 def locked_directory(run: Run, directory: Path | None) -> Any:
-    """``run.directory``: the given (resumed, locked by the caller) or a new one, locked."""
+    """``run.directory``: the given (resumed, locked by the caller) or a new one, locked; a
+    new one that never started training (a signal or an error came first) is removed after."""
     if directory is not None:
         run.directory = directory
         yield
         return
     run.directory = results.create_run_dir(run.config.out, run_name(run.config))
-    with results.RunLock(run.directory):
-        yield
+    try:
+        with results.RunLock(run.directory):
+            yield
+    finally:
+        results.remove_unstarted(run.directory)
 
 
 def train_vectorised(
     runs: list[Run], states: list[tuple[torch.Tensor, Any]],
     resumes: list[dict[str, Any] | None], directories: list[Path] | None,
 ) -> tuple[list[Path], int]:
-    """The built ``runs`` as one ``Replicas`` group; their directories locked meanwhile."""
+    """The built ``runs`` as one ``Replicas`` group; their directories locked meanwhile.
+
+    A signal while the directories are made or the runs start removes the new directories
+    of the runs that had not started, and names their seeds."""
     from harness import runner
 
     with contextlib.ExitStack() as stack:
-        for i, run in enumerate(runs):
-            stack.enter_context(locked_directory(run, directories[i] if directories else None))
-        paths = [run.directory for run in runs]
-        assert all(p is not None for p in paths)
-        print(f"training {len(runs)} seeds together (vectorised)", file=sys.stderr)
         try:
+            for i, run in enumerate(runs):
+                stack.enter_context(locked_directory(run, directories[i] if directories else None))
+            print(f"training {len(runs)} seeds together (vectorised)", file=sys.stderr)
             failures = runner.execute_replicas(runs, states, resumes)
-        except KeyboardInterrupt:
-            report_interrupted(runs)
-            return paths, 143 if runs[0].stop_signal == "SIGTERM" else 130  # type: ignore[return-value]
+        except KeyboardInterrupt as exc:
+            stack.close()  # unlock; new directories of runs that never started go
+            name = runs[0].stop_signal or signal_of(exc)
+            report_interrupted(runs, name)
+            return group_paths(runs), exit_code(name)
         except RunFailed as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
-            return paths, 1  # type: ignore[return-value]
+            return group_paths(runs), 1
         except HarnessError:
             raise
         except Exception as exc:  # a bug or an environment failure: one line, traceback kept
-            for run in runs:
-                assert run.directory is not None
-                (run.directory / results.TRACEBACK).write_text(traceback.format_exc())
+            stack.close()
+            for path in group_paths(runs):
+                (path / results.TRACEBACK).write_text(traceback.format_exc())
+            if not group_paths(runs):  # none had started: no directory to keep it in
+                traceback.print_exc()
             print(f"error: runs failed at step {runs[0].step}: "
                   f"{one_line(f'{type(exc).__name__}: {exc}')} (status failed; traceback in "
                   f"each run directory's {results.TRACEBACK})", file=sys.stderr)
-            return paths, 1  # type: ignore[return-value]
+            return group_paths(runs), 1
     for path, failure in failures.items():
         if failure is not None:
             print(f"error: {path.name}: {one_line(failure)}", file=sys.stderr)
-    return paths, int(any(f is not None for f in failures.values()))  # type: ignore[return-value]
+    return group_paths(runs), int(any(f is not None for f in failures.values()))
 
 
-def report_interrupted(runs: list[Run]) -> None:
-    """Where each interrupted run stopped, and the one command that resumes them all."""
-    unfinished = [run for run in runs
-                  if results.read_json(run.directory / results.RUN).get("status")  # type: ignore[operator]
-                  == "interrupted"]
-    for run in unfinished:
-        kept = run.checkpoint_step
-        where = "before its first checkpoint" if kept is None else f"checkpoint of step {kept}"
-        print(f"interrupted: {run.directory} ({where})", file=sys.stderr)
-    signal_name = runs[0].stop_signal or "stop requested"
-    print(f"\ninterrupted ({signal_name}); continue with: harness run --resume "
-          + " ".join(str(run.directory) for run in unfinished)
-          + (" --vectorise yes" if len(unfinished) > 1 else ""), file=sys.stderr)
+def group_paths(runs: list[Run]) -> list[Path]:
+    """The directories of the group's runs that exist (a run stopped before it started
+    has none)."""
+    return [run.directory for run in runs if run.directory is not None and run.directory.is_dir()]
+
+
+def report_interrupted(runs: list[Run], signal_name: str | None) -> None:
+    """Where each interrupted run stopped, the seeds that never started, and the one command
+    that resumes the interrupted ones."""
+    unfinished, unstarted = [], []
+    for run in runs:
+        status = results.run_status(run.directory)
+        if status == "interrupted":
+            unfinished.append(run)
+        elif status is None:
+            unstarted.append(run)
+    where = {run.directory: "before its first checkpoint" if run.checkpoint_step is None
+             else f"checkpoint of step {run.checkpoint_step}" for run in unfinished}
+    if len(unfinished) <= 10:
+        for directory, kept in where.items():
+            print(f"interrupted: {directory} ({kept})", file=sys.stderr)
+    else:  # a large group: how many stopped where
+        for kept, count in collections.Counter(where.values()).items():
+            print(f"interrupted: {count} runs ({kept})", file=sys.stderr)
+    print(f"\ninterrupted ({signal_name or 'stop requested'})", file=sys.stderr)
+    if unfinished:
+        print("continue with: harness run --resume "
+              + " ".join(str(run.directory) for run in unfinished)
+              + (" --vectorise yes" if len(unfinished) > 1 else ""), file=sys.stderr)
+    if unstarted:
+        report_not_started([run.config for run in unstarted], None)
 
 
 def execute_one(run: Run, resume: dict[str, Any] | None) -> int:
@@ -230,23 +277,33 @@ def execute_one(run: Run, resume: dict[str, Any] | None) -> int:
     assert directory is not None
     try:
         runner.execute(run, resume)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        name = run.stop_signal or signal_of(exc)
+        if resume is None and results.run_status(directory) is None:
+            print(f"\ninterrupted ({name or 'stop requested'}) before the run started",
+                  file=sys.stderr)
+            return exit_code(name)
         kept = run.checkpoint_step
         where = ("before the first checkpoint; resuming restarts it from step 0" if kept is None
                  else f"at step {run.step}" if kept == run.step
                  else f"at step {run.step}; resuming continues from the checkpoint of step {kept}")
-        print(f"\ninterrupted ({run.stop_signal or 'stop requested'}) {where}; continue with: "
+        print(f"\ninterrupted ({name or 'stop requested'}) {where}; continue with: "
               f"harness run --resume {directory}", file=sys.stderr)
-        return 143 if run.stop_signal == "SIGTERM" else 130
+        return exit_code(name)
     except RunFailed as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except HarnessError:
         raise  # bad input found while starting (e.g. a foreign checkpoint): exit 2
     except Exception as exc:  # a bug or an environment failure: one line, the traceback kept
+        error = one_line(f"{type(exc).__name__}: {exc}")
+        if resume is None and results.run_status(directory) is None:  # its directory goes
+            traceback.print_exc()
+            print(f"error: run failed before it started: {error}", file=sys.stderr)
+            return 1
         path = directory / results.TRACEBACK
         path.write_text(traceback.format_exc())
-        print(f"error: run failed at step {run.step}: {one_line(f'{type(exc).__name__}: {exc}')}"
-              f" (status failed; traceback in {path})", file=sys.stderr)
+        print(f"error: run failed at step {run.step}: {error} (status failed; traceback in "
+              f"{path})", file=sys.stderr)
         return 1
     return 0

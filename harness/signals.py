@@ -28,5 +28,18 @@ def on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[bool]:
 
 
 def raise_interrupt(signum: int, frame: Any) -> None:
-    """A handler: ``KeyboardInterrupt`` at once, whichever of the two signals came."""
-    raise KeyboardInterrupt
+    """A handler: ``KeyboardInterrupt`` at once, whichever of the two signals came; its
+    argument names the signal (``exit_code`` reads it)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> str | None:
+    """The signal ``raise_interrupt`` named in ``interrupt`` (None for a plain Ctrl-C's)."""
+    name = interrupt.args[0] if interrupt.args else None
+    return name if name in {sig.name for sig in STOP_SIGNALS} else None
+
+
+def exit_code(signal_name: str | None) -> int:
+    """The shell's exit code of a process stopped by ``signal_name``: 143 for SIGTERM, 130
+    for SIGINT (Ctrl-C) and for a stop that names no signal."""
+    return 128 + (signal.SIGTERM if signal_name == "SIGTERM" else signal.SIGINT)

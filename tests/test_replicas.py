@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness import hookimpl
 from harness.build import build_run
 from harness.config import make_config
 from harness.errors import HarnessError
 from harness.replicas import Replicas, blocker, rng_state
-from harness.seeds import parse_seeds
+from harness.seeds import format_seeds, parse_seeds
 from harness.trainer import Trainer
 from tests.conftest import FAST, StopAt
 
@@ -159,6 +161,13 @@ def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
 
 
+@given(st.lists(st.integers(0, 200), min_size=1, max_size=60, unique=True))
+def test_format_seeds_is_read_back_by_parse_seeds(seeds):
+    text = format_seeds(seeds)
+    assert parse_seeds(text) == seeds
+    assert len(text) <= len(",".join(map(str, seeds)))  # ranges only ever shorten it
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("a", "'a' is not a seed"), ("3-1", "is empty"), ("1,1", "seed 1 is given twice"),
     ("0-5000", "at most 1000"), ("-1", "is not a seed"), ("", "is not a seed"),
@@ -232,7 +241,7 @@ def test_a_stopped_sequential_group_names_the_seeds_not_started(cli, pm, tmp_pat
         result = cli("run", *FAST, *SMALL, "--seeds", "0-2", "--vectorise", "no",
                      "--out", tmp_path)
     assert result.code == 130
-    assert "not started: seeds 1,2" in result.err and "--seeds 1,2" in result.err
+    assert "not started: seeds 1-2" in result.err and "--seeds 1-2" in result.err
     assert len(runs_dirs(tmp_path)) == 1
 
 
