@@ -139,16 +139,25 @@ def build_components(
     backbone = classes["backbone"](options["backbone"])
     z_dim = config.z_dim or backbone.default_z_dim
     prior = classes["prior"](options["prior"], z_dim, conditioner.num_classes)
+    notes = []  # printed once the run is built: a refused one prints only its error
     components = getattr(prior, "num_components", None)
     if components not in (None, conditioner.num_classes) and conditioner.num_classes > 1:
-        print(f"note: prior {config.prior!r} has {components} components and cond "
-              f"{config.cond!r} gives {conditioner.num_classes} classes: each latent's component "
-              "is drawn uniformly, independent of its label (one Gaussian per class: "
-              f"--prior-opt num_components={conditioner.num_classes})", file=sys.stderr)
+        notes.append(f"prior {config.prior!r} has {components} components and cond "
+                     f"{config.cond!r} gives {conditioner.num_classes} classes: each latent's "
+                     "component is drawn uniformly, independent of its label (one Gaussian per "
+                     f"class: --prior-opt num_components={conditioner.num_classes})")
+    every = getattr(options["cond"], "recluster_every", 0)
+    if isinstance(every, int) and every >= config.steps > 0:
+        notes.append(f"--cond {config.cond} re-clusters every {every} steps: this run of "
+                     f"{config.steps} keeps the partition of step 0 (D untrained) throughout "
+                     f"(e.g. --cond-opt recluster_every={max(1, config.steps // 5)} re-clusters "
+                     "during it)")
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
     check_network_memory(config.backbone, backbone, dataset.spec, net_classes, z_dim)
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
     resolved["z_dim"] = z_dim
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return Run(
         config=config, pm=pm, dataset=dataset, prior=prior.to(device), conditioner=conditioner,
         backbone=backbone, loss=classes["loss"](options["loss"]),

@@ -287,3 +287,15 @@ def test_gmm_conditioner_needs_a_mixture_prior(grid):
         MixtureOptions(), context(grid, "gmm", GaussianMixtureOptions(num_components=7))
     )
     assert cond.num_classes == 7 and not cond.conditions_networks
+
+
+@pytest.mark.parametrize(("every", "noted"), [(5000, True), (1500, True), (300, False),
+                                              (0, False)])
+def test_a_schedule_that_never_fires_is_noted(pm, capsys, every, noted):
+    from harness.build import build_run
+    from harness.config import make_config
+
+    build_run(make_config({"cond": "kmeans_d", "steps": 1500, "dataset_options": {"size": 500},
+                           "cond_options": {"recluster_every": every, "subset": 200}}), pm)
+    note = "keeps the partition of step 0 (D untrained) throughout"
+    assert (note in capsys.readouterr().err) is noted
