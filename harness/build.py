@@ -152,6 +152,9 @@ def build_components(
                      f"{config.steps} keeps the partition of step 0 (D untrained) throughout "
                      f"(e.g. --cond-opt recluster_every={max(1, config.steps // 5)} re-clusters "
                      "during it)")
+    busy = busy_cpu(config, device)
+    if busy:
+        notes.append(busy)
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
     check_network_memory(config.backbone, backbone, dataset.spec, net_classes, z_dim)
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
@@ -166,6 +169,19 @@ def build_components(
         generator=generator.to(device), discriminator=discriminator.to(device), device=device,
         resolved=resolved,
     )
+
+
+def busy_cpu(config: RunConfig, device: torch.device) -> str | None:
+    """A note when a CPU run takes torch's default thread count (one per core) on a machine
+    whose cores other processes already keep busy: the threads then wait on each other, and
+    one thread per run was measured up to 70x faster on 2 loaded cores."""
+    if device.type != "cpu" or config.threads is not None or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if cores == 1 or load < cores:
+        return None
+    return (f"the CPU is busy (load {load:.1f} on {cores} cores): torch's {cores} threads will "
+            "wait on each other; --threads 1 is usually much faster here")
 
 
 def check_network_memory(

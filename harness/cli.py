@@ -342,8 +342,7 @@ def resumable(args: argparse.Namespace, directory: Path, locks: contextlib.ExitS
     with the flags given beside ``--resume`` applied, and what they change."""
     from harness import results
 
-    if not directory.is_dir():
-        raise HarnessError(f"--resume {directory}: no such run directory")
+    results.require_run_dir(directory, "--resume")
     # checked before the lock file is made in it (a refused directory stays untouched), and
     # again once it is locked (another process may have changed it meanwhile)
     read_run_file(directory, results.CONFIG)

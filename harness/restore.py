@@ -28,10 +28,7 @@ __all__ = ["Run", "check_eval_memory", "load_generator", "load_run", "locked_run
 def read_saved_config(run_dir: Path, what: str) -> dict[str, Any]:
     """The ``config`` object of the run's ``config.json``; ``HarnessError`` (one line) when
     ``run_dir`` is no run directory."""
-    if not run_dir.is_dir():
-        kind = "a file, not a run directory" if run_dir.exists() else "no such run directory"
-        raise HarnessError(f"{what} {run_dir}: {kind} (valid: a folder made by harness run, "
-                           "e.g. results/<run-id>)")
+    results.require_run_dir(run_dir, what)
     try:
         saved = results.read_json(run_dir / results.CONFIG)
     except FileNotFoundError:

@@ -344,6 +344,20 @@ def create_run_dir(out: Path, name: str) -> Path:
     raise HarnessError(f"could not create a run directory under {out}")
 
 
+def require_run_dir(path: Path, what: str) -> None:
+    """``HarnessError`` (one line, after ``what``, e.g. ``--resume``) unless ``path`` is a
+    folder; a file inside a run directory (``RUN/config.json``) is answered with that run
+    directory."""
+    if path.is_dir():
+        return
+    usual = "a folder made by harness run, e.g. results/<run-id>"
+    if path.exists():
+        valid = (f"its run directory {path.parent}" if (path.parent / CONFIG).is_file()
+                 else usual)
+        raise HarnessError(f"{what} {path}: a file, not a run directory (valid: {valid})")
+    raise HarnessError(f"{what} {path}: no such run directory (valid: {usual})")
+
+
 def run_status(directory: Path | None) -> str | None:
     """The status a run directory's run.json records: ``running``, ``finished``,
     ``interrupted`` or ``failed``; None when there is no directory, no run.json or it

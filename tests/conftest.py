@@ -38,6 +38,13 @@ def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(autouse=True)
+def idle_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's load is not the tests' input: runs see an idle CPU (no busy-CPU note in
+    their output; ``test_a_busy_cpu_is_noted...`` sets its own load)."""
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+
+
 @pytest.fixture
 def pm() -> PluginManager:
     return get_plugin_manager()

@@ -258,6 +258,7 @@ def test_resume_extends_and_records_allowed_flags(cli, interrupted):
 
 @pytest.mark.parametrize(("setup", "expected"), [
     (lambda d: d / "missing", "no such run directory"),
+    (lambda d: d / "config.json", "a file, not a run directory (valid: its run directory "),
     (lambda d: (d / "run.json").unlink() or d, "no run.json"),
     (lambda d: (d / "config.json").write_text("{") and d, "cannot read config.json"),
 ])
@@ -441,3 +442,16 @@ def test_leaderboard_grouping_is_checked(cli, tmp_path, flags, expected):
         assert result.code == 0 and "ring" in result.out
     else:
         assert result.code == 2 and expected in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(("load", "threads", "noted"), [(4.6, None, True), (1.2, None, False),
+                                                        (4.6, 1, False)])
+def test_a_busy_cpu_is_noted_when_torch_takes_every_core(monkeypatch, load, threads, noted):
+    from harness.build import busy_cpu
+    from harness.config import RunConfig
+
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    note = busy_cpu(RunConfig(threads=threads), torch.device("cpu"))
+    assert (note is not None and "--threads 1" in note and "load 4.6 on 2 cores" in note) \
+        is noted
