@@ -152,9 +152,6 @@ def build_components(
                      f"{config.steps} keeps the partition of step 0 (D untrained) throughout "
                      f"(e.g. --cond-opt recluster_every={max(1, config.steps // 5)} re-clusters "
                      "during it)")
-    busy = busy_cpu(config, device)
-    if busy:
-        notes.append(busy)
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
     check_network_memory(config.backbone, backbone, dataset.spec, net_classes, z_dim)
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from harness import results
-from harness.build import available_memory, build_run
+from harness.build import available_memory, build_run, busy_cpu
 from harness.config import MAX_SEED, RunConfig
 from harness.errors import HarnessError, RunFailed, one_line
 from harness.manager import PluginManager
@@ -90,6 +90,9 @@ def train_group(
         raise HarnessError(f"vectorise {vectorise!r} (valid: {', '.join(VECTORISE)})")
     resumes = resumes or [None] * len(configs)
     first = build_run(configs[0], pm)
+    busy = busy_cpu(first.config, first.device)
+    if busy:
+        print(f"note: {busy}", file=sys.stderr)
     reason = None if len(configs) == 1 else sequential_reason(first, vectorise)
     if reason is None and len(configs) > 1:
         check_group_memory(first, len(configs))

@@ -124,10 +124,17 @@ def plan(suite: Suite, profile: str, seeds: int, values_for: Any, out: Path) -> 
     return jobs
 
 
-def format_plan(jobs: list[Planned]) -> str:
-    """``--dry-run``: one line per job (action, key, why), then ``plan_summary``."""
+def format_plan(jobs: list[Planned], together: set[str] | None = None) -> str:
+    """``--dry-run``: one line per job (action, key, why), one per group of new seeds that
+    would train together (``together``, as ``make_jobs`` groups them), then
+    ``plan_summary``."""
+    from harness.seeds import format_seeds
+
     width = max(len(job.key) for job in jobs)
     lines = [f"{job.action:<6} {job.key:<{width}}  {job.reason}" for job in jobs]
+    for (dataset, row), group in new_seed_groups(jobs, together or set()).items():
+        lines.append(f"together {dataset}/{row}: seeds "
+                     f"{format_seeds([p.seed for p in group])} as one vectorised job")
     return "\n".join([*lines, plan_summary(jobs)])
 
 
@@ -148,16 +155,25 @@ def composition(config: RunConfig) -> str:
     return config.model_copy(update={"seed": 0}).short_hash()
 
 
+def new_seed_groups(jobs: list[Planned], together: set[str]
+                    ) -> dict[tuple[str, str], list[Planned]]:
+    """The new runs whose composition is in ``together``, by (dataset, row)."""
+    groups: dict[tuple[str, str], list[Planned]] = {}
+    for planned in jobs:
+        if planned.action == "new" and composition(planned.config) in together:
+            groups.setdefault((planned.dataset, planned.row), []).append(planned)
+    return groups
+
+
 def make_jobs(jobs: list[Planned], out: Path, env: dict[str, str],
               together: set[str]) -> list[Job]:
     """The executor's jobs for the plan's new and resumed runs. New runs whose composition
     is in ``together`` (``check_compositions``) become one job per (dataset, row), its seeds
     trained as one vectorised group; every other run is a job of its own."""
+    from harness.seeds import format_seeds
+
     todo = [j for j in jobs if j.action in ("new", "resume")]
-    groups: dict[tuple[str, str], list[Planned]] = {}
-    for planned in todo:
-        if planned.action == "new" and composition(planned.config) in together:
-            groups.setdefault((planned.dataset, planned.row), []).append(planned)
+    groups = new_seed_groups(jobs, together)
     made = []
     for planned in todo:
         group = groups.get((planned.dataset, planned.row), [])
@@ -165,7 +181,7 @@ def make_jobs(jobs: list[Planned], out: Path, env: dict[str, str],
             made.append(make_job(planned, out, env))
         elif planned is group[0]:
             first = make_job(planned, out, env)
-            seeds = ",".join(str(p.seed) for p in group)
+            seeds = format_seeds([p.seed for p in group])
             log = out / LOGS / f"{planned.dataset}-{planned.row}-s{seeds}.log"
             made.append(dataclasses.replace(first, log=str(log), together=tuple(
                 (p.key, p.config.model_dump(mode="json")) for p in group[1:])))
@@ -395,7 +411,7 @@ def command(suite: Suite, profile: str, seeds: int | None, out: Path, overrides:
     together = check_compositions(jobs, pm, vectorise)
     print(f"{suite.name}, profile {profile}: {suite.profiles[profile].note}", file=sys.stderr)
     if dry_run:
-        print(format_plan(jobs))
+        print(format_plan(jobs, together))
         return 0
     for job in jobs:
         if job.action == "busy":

@@ -380,12 +380,15 @@ def test_within_run_spreads_are_not_metrics():
 
 def test_a_rows_new_seeds_train_together_as_one_job(cli, tmp_path):
     file, out = tiny_file(tmp_path, seeds=3), tmp_path / "out"
+    planned = cli(*suite_cmd(file, out, "--vectorise", "yes", "--dry-run"))
+    assert "together ring/none: seeds 0-2 as one vectorised job" in planned.out
+    assert "together ring/kmeans_d: seeds 0-2" in planned.out and not out.exists()
     result = cli(*suite_cmd(file, out, "--executor", "pool", "--jobs", "2",
                             "--vectorise", "yes"))
     assert result.code == 0, result.err
     check_board(out, 6)
     assert sorted(p.name for p in (out / ".suite-logs").iterdir()) == [
-        "ring-kmeans_d-s0,1,2.log", "ring-none-s0,1,2.log"]
+        "ring-kmeans_d-s0-2.log", "ring-none-s0-2.log"]
     infos = [results.read_json(d / results.RUN) for d in run_dirs(out)]
     assert [i["status"] for i in infos] == ["finished"] * 6
     assert {i["timings"]["replicas"] for i in infos} == {3}
@@ -399,7 +402,7 @@ def test_a_rows_new_seeds_train_together_as_one_job(cli, tmp_path):
     again = cli(*suite_cmd(file, out, "--vectorise", "yes"))
     assert again.code == 0, again.err
     assert sorted(p.name for p in (out / ".suite-logs").iterdir()) == [
-        "ring-kmeans_d-s1,2.log", "ring-none-s1,2.log"]
+        "ring-kmeans_d-s1-2.log", "ring-none-s1-2.log"]
 
 
 def test_on_the_cpu_auto_keeps_one_run_per_job(pm, tmp_path):
