@@ -56,10 +56,13 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def build_run(config: RunConfig, pm: PluginManager) -> Run:
+def build_run(config: RunConfig, pm: PluginManager, *, notes: bool = True) -> Run:
     """Resolve and validate every plugin and option, then build the components.
 
-    Raises ``HarnessError`` on any bad input, before anything is written to disk.
+    ``notes``: print, once the run is built, notes on settings that train other than one
+    might expect (e.g. a re-clustering schedule that never fires); off when the run is
+    built only to check or restore it, or as one more seed of a group. Raises
+    ``HarnessError`` on any bad input, before anything is written to disk.
     """
     classes, options, resolved = {}, {}, {}
     for fld, family in COMPONENT_FIELDS.items():
@@ -85,7 +88,30 @@ def build_run(config: RunConfig, pm: PluginManager) -> Run:
     check_eval_memory(config, run.dataset)
     best_metric_direction(run)
     run.conditioner.bind(run.models)
+    for note in training_notes(run) if notes else []:  # after every check: a refused run
+        print(f"note: {note}", file=sys.stderr)          # prints only its error
     return run
+
+
+def training_notes(run: Run) -> list[str]:
+    """Settings of a built run that train other than one might expect: a mixture prior with
+    another number of components than the conditioner's classes; a re-clustering schedule
+    (a conditioner option ``recluster_every``) that never fires within the run's steps."""
+    config, notes = run.config, []
+    classes = run.conditioner.num_classes
+    components = getattr(run.prior, "num_components", None)
+    if components not in (None, classes) and classes > 1:
+        notes.append(f"prior {config.prior!r} has {components} components and cond "
+                     f"{config.cond!r} gives {classes} classes: each latent's component is "
+                     "drawn uniformly, independent of its label (one Gaussian per class: "
+                     f"--prior-opt num_components={classes})")
+    every = run.resolved["cond"]["options"].get("recluster_every", 0)
+    if isinstance(every, int) and every >= config.steps > 0:
+        notes.append(f"--cond {config.cond} re-clusters every {every} steps: this run of "
+                     f"{config.steps} keeps the partition of step 0 (D untrained) throughout "
+                     f"(e.g. --cond-opt recluster_every={max(1, config.steps // 5)} re-clusters "
+                     "during it)")
+    return notes
 
 
 def best_metric_direction(run: Run) -> Literal["higher", "lower"] | None:
@@ -139,25 +165,10 @@ def build_components(
     backbone = classes["backbone"](options["backbone"])
     z_dim = config.z_dim or backbone.default_z_dim
     prior = classes["prior"](options["prior"], z_dim, conditioner.num_classes)
-    notes = []  # printed once the run is built: a refused one prints only its error
-    components = getattr(prior, "num_components", None)
-    if components not in (None, conditioner.num_classes) and conditioner.num_classes > 1:
-        notes.append(f"prior {config.prior!r} has {components} components and cond "
-                     f"{config.cond!r} gives {conditioner.num_classes} classes: each latent's "
-                     "component is drawn uniformly, independent of its label (one Gaussian per "
-                     f"class: --prior-opt num_components={conditioner.num_classes})")
-    every = getattr(options["cond"], "recluster_every", 0)
-    if isinstance(every, int) and every >= config.steps > 0:
-        notes.append(f"--cond {config.cond} re-clusters every {every} steps: this run of "
-                     f"{config.steps} keeps the partition of step 0 (D untrained) throughout "
-                     f"(e.g. --cond-opt recluster_every={max(1, config.steps // 5)} re-clusters "
-                     "during it)")
     net_classes = conditioner.num_classes if conditioner.conditions_networks else 1
     check_network_memory(config.backbone, backbone, dataset.spec, net_classes, z_dim)
     generator, discriminator = backbone.build(dataset.spec, net_classes, z_dim)
     resolved["z_dim"] = z_dim
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
     return Run(
         config=config, pm=pm, dataset=dataset, prior=prior.to(device), conditioner=conditioner,
         backbone=backbone, loss=classes["loss"](options["loss"]),

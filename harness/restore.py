@@ -112,7 +112,7 @@ def load_run(
     saved = {**read_saved_config(run_dir, what), "progress": False, "log": [], "best_metric": None}
     config = make_config({**saved, **(overrides or {})})
     path = resolve_checkpoint(run_dir, checkpoint, what)
-    run = build_run(config, get_plugin_manager())
+    run = build_run(config, get_plugin_manager(), notes=False)
     run.directory = run_dir  # before identity(): it names the run
     trainer = Trainer(run)  # makes the EMA copy of G when the run has one
     identity = {**run.identity(), "trajectory": make_config(saved).trajectory_hash()}

@@ -98,7 +98,7 @@ def train_group(
         check_group_memory(first, len(configs))
         runs, states = [first], [rng_state(first.device)]
         for config in configs[1:]:
-            runs.append(build_run(config, pm))
+            runs.append(build_run(config, pm, notes=False))
             states.append(rng_state(runs[-1].device))
         return train_vectorised(runs, states, resumes, directories)
     if reason is not None:
@@ -109,7 +109,7 @@ def train_group(
     for i, config in enumerate(configs):
         started = False
         try:
-            run = first if i == 0 else build_run(config, pm)
+            run = first if i == 0 else build_run(config, pm, notes=False)
         except KeyboardInterrupt as exc:
             print(f"\ninterrupted ({signal_of(exc) or 'SIGINT'})", file=sys.stderr)
             codes.append(exit_code(signal_of(exc)))

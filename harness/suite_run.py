@@ -314,7 +314,7 @@ def check_compositions(jobs: list[Planned], pm: PluginManager, vectorise: str = 
             continue
         seen.add(key)
         try:
-            run = build_run(job.config, pm)
+            run = build_run(job.config, pm, notes=False)
         except HarnessError as exc:
             raise ConfigError(f"{job.key}: {one_line(exc)}") from None
         size = sum(j.action == "new" and composition(j.config) == key for j in jobs)
