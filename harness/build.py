@@ -17,7 +17,14 @@ from pydantic import ValidationError
 
 from harness.api import Backbone, BuildContext, DataLocation, Dataset, DataSpec, Metric, Options
 from harness.config import COMPONENT_FIELDS, RunConfig, describe_validation_error
-from harness.errors import ConfigError, HarnessError, MetricUnavailable, describe, one_line
+from harness.errors import (
+    ConfigError,
+    HarnessError,
+    MetricUnavailable,
+    PluginError,
+    describe,
+    one_line,
+)
 from harness.loggers import check_loggers
 from harness.manager import PluginManager
 from harness.run import Run
@@ -327,13 +334,24 @@ def build_metrics(
 ) -> dict[str, Metric]:
     """The run's metrics. With no explicit list: every default metric that supports the
     dataset, skipping (with a warning) those that cannot run here, e.g. for lack of weights."""
-    registry = pm.registry("metrics")
-    classes = {name: entry.load() for name, entry in registry.items()}
-    supported = [n for n, cls in classes.items() if cls.supports(dataset.spec)]
+    classes, supported, broken = {}, [], {}
+    for name, entry in pm.registry("metrics").items():
+        try:
+            classes[name] = entry.load()
+            if classes[name].supports(dataset.spec):
+                supported.append(name)
+        except Exception as exc:  # a broken plugin stops only the runs that ask for it
+            classes.pop(name, None)
+            broken[name] = (f"metric {name!r} from {entry.provider} is unusable: "
+                            f"{one_line(f'{type(exc).__name__}: {exc}')}")
     if config.metrics is None:
         names = [n for n in supported if classes[n].default]
     else:
         names = config.metrics
+    for name, reason in broken.items():
+        if name in names:
+            raise PluginError(reason)
+        print(f"warning: skipping {reason}", file=sys.stderr)
     unknown_options = set(config.metric_options) - set(names)
     if unknown_options:
         raise ConfigError(

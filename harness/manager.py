@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -304,11 +305,17 @@ def base_class(family: str) -> type | None:
 def wrong_class(target: Any, family: str) -> str | None:
     """Why ``target`` cannot be a component of ``family`` (one line), or None if it can."""
     base = base_class(family)
-    if isinstance(target, type) and base is not None and issubclass(target, base):
-        return None
     what = (f"class {target.__module__}.{target.__qualname__}" if isinstance(target, type)
             else article(type(target).__name__))
-    return f"{what} is not a subclass of {BASES[family].replace(':', '.')}"
+    if not (isinstance(target, type) and base is not None and issubclass(target, base)):
+        return f"{what} is not a subclass of {BASES[family].replace(':', '.')}"
+    for name in dir(base):  # the harness calls the base's class methods on the class
+        if (isinstance(inspect.getattr_static(base, name, None), classmethod)
+                and not isinstance(inspect.getattr_static(target, name, None),
+                                   classmethod | staticmethod)):
+            return (f"{what} defines {name}() as an instance method (valid: a @classmethod, "
+                    f"as {BASES[family].replace(':', '.')}.{name})")
+    return None
 
 
 def contribution(hook: Callable[[], Any], family: str) -> dict[str, Any]:

@@ -485,3 +485,78 @@ def test_every_family_has_a_base_class_named_in_its_hookspec():
     for family, base in BASES.items():
         doc = " ".join(getattr(hookspecs, f"harness_{family}").__doc__.split())
         assert f"``{base.replace(':', '.')}``" in doc, family
+
+
+FAST_RING = ["--steps", "5", "--eval-samples", "200", "--no-progress", "--dataset-opt",
+             "size=500", "--cond", "none"]
+
+
+class InstanceSupports:
+    """A metric whose ``supports`` is an instance method: the harness calls it on the class."""
+
+    @hookimpl
+    def harness_metrics(self):
+        from harness.api import Metric
+
+        class MeanRadius(Metric):
+            def supports(self, spec):  # should be a @classmethod
+                return True
+
+            def compute(self, sample, run):
+                return {"radius": 1.0}
+
+        return {"mean_radius": MeanRadius}
+
+
+class RaisingSupports:
+    """A lazily registered metric whose ``supports`` raises when a run asks it."""
+
+    @hookimpl
+    def harness_metrics(self):
+        return {"flaky": "tests.test_plugins:FlakyMetric"}
+
+
+def flaky_metric() -> type:
+    from harness.api import Metric
+
+    class FlakyMetric(Metric):
+        @classmethod
+        def supports(cls, spec):
+            raise RuntimeError("cannot tell")
+
+        def compute(self, sample, run):
+            return {}
+
+    return FlakyMetric
+
+
+def __getattr__(name: str):  # FlakyMetric, built on import of the lazy target only
+    if name == "FlakyMetric":
+        return flaky_metric()
+    raise AttributeError(name)
+
+
+def test_an_instance_method_where_the_base_has_a_classmethod_is_refused(cli, pm, tmp_path):
+    pm.register(InstanceSupports(), name="instance", provider="dist-radius 1.0")
+    try:
+        assert pm.load_errors["instance harness_metrics"].endswith(
+            "defines supports() as an instance method (valid: a @classmethod, as "
+            "harness.api.Metric.supports); its metrics are skipped")
+        run = cli("run", *FAST_RING, "--out", tmp_path)  # every other run still works
+        assert run.code == 0, run.err
+    finally:
+        pm.unregister("instance")
+
+
+def test_a_metric_that_breaks_when_asked_is_skipped_unless_named(cli, pm, tmp_path):
+    pm.register(RaisingSupports(), name="flaky", provider="dist-flaky 1.0")
+    try:
+        run = cli("run", *FAST_RING, "--out", tmp_path / "a")
+        assert run.code == 0, run.err
+        assert ("warning: skipping metric 'flaky' from flaky (dist-flaky 1.0) is unusable: "
+                "RuntimeError: cannot tell") in run.err
+        named = cli("run", *FAST_RING, "--metrics", "flaky", "--out", tmp_path / "b")
+        assert named.code == 2 and "RuntimeError: cannot tell" in named.err
+        assert not (tmp_path / "b").exists()
+    finally:
+        pm.unregister("flaky")
