@@ -234,9 +234,25 @@ def test_fid_digits_caches_the_real_features_bit_identically(
     assert entries == ["features-features.pt", "features-logits.pt", "stat-fid-features.pt"]
     fid, n_fid = compute(root, metrics=["fid"])  # torch-fidelity's FID-only path: statistics
     assert fid == {"fid_digits_400": uncached["fid_digits_400"]} and n_fid == 400
+    for damaged in root.iterdir():  # cut short, or one byte changed: rebuilt, same values
+        data = damaged.read_bytes()
+        damaged.write_bytes(data[:100])
+        assert compute(root)[0] == uncached
+        middle = len(data) // 2  # inside the stored tensors: a checksum fails
+        damaged.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
+        assert compute(root)[0] == uncached
     (tmp_path / "file").touch()
     unwritable, _ = compute(tmp_path / "file" / "cache")  # a folder that cannot be: no cache
     assert unwritable == uncached
+
+
+def test_a_damaged_cached_classifier_is_rebuilt(classifier: Path, capsys) -> None:
+    good = classifier.read_bytes()
+    classifier.write_bytes(good[:100])
+    assert dc.classifier_path("digits") == classifier
+    assert f"cache file {classifier} is damaged" in capsys.readouterr().err
+    model, accuracy = dc.load_classifier(classifier)  # retrained: the same recipe
+    assert classifier.read_bytes() == good and accuracy > 0.9
 
 
 def test_reference_cache_name_covers_what_the_features_depend_on(

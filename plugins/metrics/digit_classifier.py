@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import os
+import sys
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -186,6 +188,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gan-harness")
 
 
+def drop_if_damaged(path: Path) -> bool:
+    """Delete a cache file that ``torch.save`` wrote but that is damaged (cut short, or its
+    contents do not match their checksums), with a warning, so that it is rebuilt. The check
+    reads the zip container torch saves into, without unpickling anything. Returns whether
+    the file was deleted."""
+    if not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        reason = None if damaged is None else f"member {damaged} fails its checksum"
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    if reason is None:
+        return False
+    print(f"warning: cache file {path} is damaged ({reason}); deleting it to rebuild it",
+          file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return True
+
+
 def resolve_source(source: Source, data_root: Path | None) -> Literal["digits", "mnist"]:
     """``auto``: MNIST when its files are under ``data_root``, else scikit-learn digits."""
     if source == "auto":
@@ -227,6 +250,7 @@ def classifier_path(source: Source = "auto", data_root: Path | None = None) -> P
     path = classifier_file(source, data_root)
     concrete = resolve_source(source, data_root)
     recipe = RECIPES[concrete]
+    drop_if_damaged(path)
     if not path.is_file():
         if concrete == "mnist":
             assert data_root is not None

@@ -55,6 +55,7 @@ from harness_plugins.metrics.digit_classifier import (
     SourceOptions,
     cache_dir,
     classifier_path,
+    drop_if_damaged,
     load_classifier,
     prepare,
     require_classifier,
@@ -176,6 +177,13 @@ def result_names(values: dict[str, Any], suffix: str) -> dict[str, float]:
         torch_fidelity.KEY_METRIC_RECALL: f"recall_{suffix}",
     }
     return {names[key]: float(value) for key, value in values.items() if key in names}
+
+
+def drop_damaged_caches(root: Path, key: str) -> None:
+    """Delete torch-fidelity's cache files of ``key`` (features, statistics) that are damaged,
+    so that it recomputes them instead of failing to read them."""
+    for path in root.glob(f"{key}-*.pt"):
+        drop_if_damaged(path)
 
 
 def reference_cache_name(
@@ -368,6 +376,7 @@ class FidelityMetric(Metric):
             key = reference_cache_name(real, name, Path(weights), opts.batch_size, run.device)
             # only input2 has a cache name: input1 (not a registered input) is never cached
             cache = {"cache": True, "cache_root": str(root), "input2_cache_name": key}
+            drop_damaged_caches(root, key)
         else:
             cache = {"cache": False}
         with torch.cuda.device(run.device) if cuda else contextlib.nullcontext():
@@ -694,6 +703,7 @@ class IntraFidelityMetric(FidelityMetric):
         if root is not None and unwritable_reason(root) is None:
             key = reference_cache_name(real, name, Path(weights), opts.batch_size, run.device)
             kwargs.update(cache=True, cache_root=str(root), input2_cache_name=key)
+            drop_damaged_caches(root, key)
         else:
             kwargs.update(cache=False)
         values: dict[int, float] = {}
