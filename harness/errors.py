@@ -50,3 +50,8 @@ class LifecycleHookError(RunFailed):
 
     Names the plugin, its package and the hook; the hook's exception is the ``__cause__``.
     """
+
+
+class MetricCrashed(RunFailed):
+    """A metric's ``compute`` raised something other than ``MetricError`` (a bug in the
+    metric, or its environment): names the metric; its exception is the ``__cause__``."""

@@ -59,14 +59,22 @@ def evaluate(run_dir: Path, checkpoint: str, settings: dict[str, Any],
     ``device``, ``data_root``, ``threads``); returns the record ``write`` saves.
 
     Raises ``HarnessError`` (one line) before any computation for a folder that is no run, a
-    checkpoint that was not saved, an unknown metric, one that does not apply to the run's
-    dataset, or bad options.
+    checkpoint that was not saved, an ``evaluations/`` that cannot be written, an unknown
+    metric, one that does not apply to the run's dataset, or bad options; ``MetricCrashed``
+    when a metric's ``compute`` raises.
     """
     from harness.restore import load_run, resolve_checkpoint
     from harness.trainer import Trainer
 
     status = results.run_status(run_dir)
     path = resolve_checkpoint(run_dir, checkpoint, what)
+    folder = run_dir / results.EVALUATIONS
+    reason = (f"{folder} is a link to nothing" if folder.is_symlink() and not folder.exists()
+              else results.unwritable_reason(folder))
+    if reason is not None:
+        raise HarnessError(f"{what} {run_dir}: cannot save an evaluation: {reason} (valid: "
+                           f"a run directory whose {results.EVALUATIONS}/ is a writable folder "
+                           "or absent)")
     run = load_run(run_dir, what, settings, checkpoint)
     started = time.perf_counter()
     values = Trainer(run).evaluate()

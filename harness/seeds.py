@@ -219,7 +219,12 @@ def train_vectorised(
             report_interrupted(runs, name)
             return group_paths(runs), exit_code(name)
         except RunFailed as exc:
-            print(f"error: {one_line(exc)}", file=sys.stderr)
+            where = ""
+            if exc.__cause__ is not None:  # a plugin's bug (a hook, a metric): keep its trace
+                for path in group_paths(runs):
+                    (path / results.TRACEBACK).write_text(traceback.format_exc())
+                where = f" (traceback in each run directory's {results.TRACEBACK})"
+            print(f"error: {one_line(exc)}{where}", file=sys.stderr)
             return group_paths(runs), 1
         except HarnessError:
             raise
@@ -294,7 +299,12 @@ def execute_one(run: Run, resume: dict[str, Any] | None) -> int:
               f"harness run --resume {directory}", file=sys.stderr)
         return exit_code(name)
     except RunFailed as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        where = ""
+        if exc.__cause__ is not None:  # a plugin's bug (a hook, a metric): keep its trace
+            path = directory / results.TRACEBACK
+            path.write_text(traceback.format_exc())
+            where = f" (traceback in {path})"
+        print(f"error: {one_line(exc)}{where}", file=sys.stderr)
         return 1
     except HarnessError:
         raise  # bad input found while starting (e.g. a foreign checkpoint): exit 2

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import results
 from harness.api import Metric
-from harness.errors import Diverged, MetricError, describe, one_line
+from harness.errors import Diverged, MetricCrashed, MetricError, describe, one_line
 from harness.run import EVAL_BATCH, Run
 from harness.signals import on_stop_signals
 from harness.step import TrainingStep
@@ -375,6 +375,8 @@ class Trainer:
         except MetricError as exc:
             reason = str(exc)
             computed = {}
+        except Exception as exc:
+            raise MetricCrashed(f"metric {name!r} raised {describe(exc)}") from exc
         else:
             computed, bad = results.split_finite(computed)
             reason = "returned non-finite " + ", ".join(f"{k}={v}" for k, v in bad.items())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import traceback
 from typing import Any
 
 
@@ -46,7 +48,7 @@ def add_parser(commands: Any) -> None:
 
 def command_eval(args: argparse.Namespace) -> int:
     from harness import evaluation, restore
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, MetricCrashed, one_line
 
     what, directory = "harness eval", args.run_dir
     saved = restore.read_saved_config(directory, what)
@@ -59,7 +61,15 @@ def command_eval(args: argparse.Namespace) -> int:
     settings = evaluation.overrides(saved, metrics, args.metric_opt, args.eval_samples)
     settings.update({name: getattr(args, name) for name in ("device", "data_root", "threads")
                      if getattr(args, name) is not None})
-    record = evaluation.evaluate(directory, args.checkpoint, settings, what)
+    try:
+        record = evaluation.evaluate(directory, args.checkpoint, settings, what)
+    except MetricCrashed as exc:  # a bug in a metric: one line, its traceback kept aside
+        with tempfile.NamedTemporaryFile("w", prefix="harness-eval-", suffix=".txt",
+                                         delete=False) as trace:
+            trace.write(traceback.format_exc())
+        print(f"error: {what}: {one_line(exc)} (nothing written; traceback in {trace.name})",
+              file=sys.stderr)
+        return 1
     path = evaluation.write(directory, record)
     if record["run_status"] != "finished":
         print(f"note: the run's status is {record['run_status']}: this evaluates its "
