@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import sys
+import typing
 from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
@@ -32,7 +33,13 @@ from harness.step import optimizer_factory
 
 
 def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> Options:
-    """The component's ``Options`` from ``values``; errors name the component and valid keys."""
+    """The component's ``Options`` from ``values``; errors name the component and valid keys.
+    A list option given as text (``--metric-opt fid_digits.metrics=fid,kid``) is split at
+    its commas."""
+    fields = cls.Options.model_fields
+    values = {key: [item.strip() for item in value.split(",")]
+              if isinstance(value, str) and key in fields and takes_list(fields[key].annotation)
+              else value for key, value in values.items()}
     try:
         return cls.Options.model_validate(values)
     except ValidationError as exc:
@@ -41,16 +48,17 @@ def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) ->
         raise ConfigError(message) from None
 
 
+def takes_list(annotation: Any) -> bool:
+    """Whether an option's type is a list (or a list or None)."""
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(typing.get_origin(arg) is list for arg in typing.get_args(annotation))
+
+
 def owners_hint(pm: PluginManager, fld: str, family: str, values: set[str]) -> str:
     """For options the chosen plugin does not have: the plugins of the family that have them
     all (``--reg-opt gamma=10`` without ``--reg r1``), as a hint to append; else ""."""
-    owners = []
-    for name, entry in pm.registry(family).items():
-        try:
-            if set(values) <= set(entry.load().Options.model_fields):
-                owners.append(name)
-        except HarnessError:  # a broken plugin is reported elsewhere
-            continue
+    owners = pm.option_owners(family, values)
     return f"; {', '.join(sorted(values))}: an option of --{fld} {' / '.join(owners)}" if (
         owners and values) else ""
 

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     """``base`` settings (a config file's, or {}) updated with the flags given on the line."""
-    from harness.config import parse_assignments
+    from harness.config import parse_assignments, parse_metric_options
 
     values = dict(base)
     for flag, (field, _, _) in RUN_FLAGS.items():
@@ -226,11 +226,11 @@ def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any
                 **values.get(f"{name}_options", {}), **parse_assignments(pairs, f"--{name}-opt")
             }
     metric_options = {m: dict(o) for m, o in values.get("metric_options", {}).items()}
-    for key, value in parse_assignments(args.metric_opt, "--metric-opt").items():
-        metric, dot, option = key.partition(".")
-        if not dot or not metric or not option:
-            raise HarnessError(f"--metric-opt expects METRIC.KEY=VALUE, got {key!r}")
-        metric_options.setdefault(metric, {})[option] = value
+    def owners(option: str) -> list[str]:
+        return get_plugin_manager().option_owners("metrics", {option})
+
+    for metric, given in parse_metric_options(args.metric_opt, owners).items():
+        metric_options.setdefault(metric, {}).update(given)
     if metric_options:
         values["metric_options"] = metric_options
     if args.no_progress:
@@ -513,8 +513,15 @@ def family_flag(family: str) -> str | None:
 
 
 def cli_value(value: Any) -> str:
-    """``value`` as ``--*-opt KEY=VALUE`` reads it: text bare, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    """``value`` as ``--*-opt KEY=VALUE`` reads it: text bare, a list of plain values
+    comma-separated, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if (isinstance(value, list) and value and all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)
+            and not any("," in str(v) for v in value)):
+        return ",".join(map(str, value))
+    return json.dumps(value, default=str)
 
 
 def summary(doc: str | None) -> str:
@@ -524,14 +531,16 @@ def summary(doc: str | None) -> str:
 
 def _type_name(annotation: Any) -> str:
     """An option's type as the CLI reads it: ``int``, ``cnn|resnet18`` for a choice,
-    ``list[color|translation|cutout]``, ``float|null``."""
+    ``color|translation|cutout,...`` for a list (comma-separated), ``float|null``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return "|".join(map(str, args))
     if origin in (types.UnionType, typing.Union):
         return "|".join(_type_name(arg) for arg in args)
-    if origin in (list, tuple):
-        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in args)}]"
+    if origin is list:
+        return f"{_type_name(args[0]) if args else 'value'},..."
+    if origin is tuple:
+        return f"tuple[{', '.join(_type_name(arg) for arg in args)}]"
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))

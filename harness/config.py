@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -278,6 +279,27 @@ def parse_assignments(pairs: list[str], flag: str) -> dict[str, Any]:
             options[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             options[key.strip()] = raw
+    return options
+
+
+def parse_metric_options(
+    pairs: list[str], owners: Callable[[str], list[str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``--metric-opt METRIC.KEY=VALUE`` pairs -> ``{metric: {key: value}}`` (values as in
+    ``parse_assignments``). ``ConfigError`` (one line) for a pair without its metric;
+    ``owners(key)``, when given, names the metrics that have an option ``key``, to suggest
+    the pair with its metric."""
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        ((key, value),) = parse_assignments([pair], "--metric-opt").items()
+        metric, dot, option = key.partition(".")
+        if not dot or not metric or not option:
+            raw = pair.partition("=")[2]
+            suggested = [f"{name}.{key}={raw}" for name in (owners(key) if owners else [])]
+            raise ConfigError(f"--metric-opt expects METRIC.KEY=VALUE, got {pair!r} (valid: "
+                              + (" or ".join(suggested) or "e.g. fid_digits.samples=5000")
+                              + ")")
+        options.setdefault(metric, {})[option] = value
     return options
 
 

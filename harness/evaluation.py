@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import results
-from harness.config import parse_assignments
+from harness.config import parse_metric_options
 from harness.errors import HarnessError
 
 
@@ -41,11 +41,13 @@ def overrides(
     if metrics is not None:
         values["metrics"] = metrics
         options = {m: o for m, o in options.items() if m in metrics}
-    for key, value in parse_assignments(metric_opts, "--metric-opt").items():
-        metric, dot, option = key.partition(".")
-        if not dot or not metric or not option:
-            raise HarnessError(f"--metric-opt expects METRIC.KEY=VALUE, got {key!r}")
-        options.setdefault(metric, {})[option] = value
+    from harness.manager import get_plugin_manager
+
+    def owners(option: str) -> list[str]:
+        return get_plugin_manager().option_owners("metrics", {option})
+
+    for metric, given in parse_metric_options(metric_opts, owners).items():
+        options.setdefault(metric, {}).update(given)
     values["metric_options"] = options
     if eval_samples is not None:
         values["eval_samples"] = eval_samples

@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.errors import LifecycleHookError, PluginError, describe, one_line
+from harness.errors import HarnessError, LifecycleHookError, PluginError, describe, one_line
 
 ENTRY_POINT_GROUP = "harness.plugins"
 ALLOW_ENV = "HARNESS_LOAD_PLUGINS"
@@ -211,6 +211,18 @@ class PluginManager:
         A name that several plugins register is left out (``get`` says why).
         """
         return self._catalog().registries[family]
+
+    def option_owners(self, family: str, options: set[str]) -> list[str]:
+        """The components of ``family`` whose ``Options`` have every one of ``options``,
+        sorted (imports lazy components; a broken one is left out, reported elsewhere)."""
+        owners = []
+        for name, entry in self.registry(family).items():
+            try:
+                if options <= set(entry.load().Options.model_fields):
+                    owners.append(name)
+            except HarnessError:
+                continue
+        return owners
 
     def _catalog(self) -> Catalogue:
         if self._catalogue is None:

@@ -10,6 +10,7 @@ import pytest
 
 from harness import hookimpl, hookspecs
 from harness.api import Loss, Options, Prior
+from harness.build import validate_options
 from harness.errors import HarnessError, LifecycleHookError, PluginError
 from harness.manager import BASES, SINGULAR, PluginManager
 
@@ -361,8 +362,8 @@ def test_plugins_command_lists_families_and_options(cli):
     # every shown default is a value the CLI accepts, choices are spelled out
     assert "--cond-opt net=<cnn|resnet18> (default cnn)" in verbose
     assert "--cond-opt width=<int|null> (default null)" in verbose
-    assert ('policy=<list[color|translation|cutout]> (default ["color", "translation", '
-            '"cutout"])') in verbose
+    assert "policy=<color|translation|cutout,...> (default color,translation,cutout)" \
+        in verbose
 
 
 OPTION_LINE = re.compile(r"      (?P<flag>--[a-z]+-opt) (?P<key>\S+?)=<(?P<type>.+?)> "
@@ -402,7 +403,7 @@ def test_every_option_form_plugins_verbose_prints_parses_back_to_its_default(cli
                 options = values[f"{component[2:]}_options"]
             assert list(options) == [key], line
             cls = pm.get(family, name).load()
-            parsed = cls.Options.model_validate(options).model_dump(mode="json")[key]
+            parsed = validate_options(family, name, cls, options).model_dump(mode="json")[key]
             assert parsed == cls.Options().model_dump(mode="json")[key], line
             checked += 1
     assert checked == expected > 50
@@ -560,3 +561,20 @@ def test_a_metric_that_breaks_when_asked_is_skipped_unless_named(cli, pm, tmp_pa
         assert not (tmp_path / "b").exists()
     finally:
         pm.unregister("flaky")
+
+
+def test_a_metric_option_without_its_metric_names_the_metrics_that_have_it(cli, tmp_path):
+    result = cli("run", *FAST_RING, "--metric-opt", "subset=100", "--out", tmp_path)
+    assert result.code == 2 and not any(tmp_path.iterdir())
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith("error: --metric-opt expects METRIC.KEY=VALUE, got 'subset=100' "
+                           "(valid: cluster_agreement.subset=100 or ")
+
+
+@pytest.mark.parametrize(("text", "parsed"), [("fid", ["fid"]), ("fid, kid", ["fid", "kid"]),
+                                              (["is"], ["is"])])
+def test_a_list_option_takes_comma_separated_text(pm, text, parsed):
+    cls = pm.get("metrics", "fid_digits").load()
+    assert validate_options("metric", "fid_digits", cls, {"metrics": text}).metrics == parsed
+    with pytest.raises(HarnessError, match=r"metrics.1='bogus': Input should be 'fid', 'kid'"):
+        validate_options("metric", "fid_digits", cls, {"metrics": "fid,bogus"})
