@@ -169,8 +169,15 @@ class RunConfig(BaseModel):
     @field_validator("log", mode="before")
     @classmethod
     def _comma_separated(cls, v: Any) -> Any:
-        """``--log tensorboard,wandb`` gives the names as one string."""
-        return [name.strip() for name in v.split(",") if name.strip()] if isinstance(v, str) else v
+        """``--log tensorboard,wandb`` gives the names as one string; one that names no
+        logger (``--log ,``) is refused, as ``--metrics ,`` is."""
+        if not isinstance(v, str):
+            return v
+        names = [name.strip() for name in v.split(",") if name.strip()]
+        if not names:
+            raise ValueError("names no logger (valid: comma-separated loggers, e.g. "
+                             "tensorboard,wandb; harness plugins lists them)")
+        return names
 
     @field_validator("out", "data_root")
     @classmethod

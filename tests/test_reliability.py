@@ -72,6 +72,7 @@ BAD_INPUT: dict[str, tuple[list[str] | Callable[[Path], list[str]], list[str]]] 
         ["k=50", "9"],
     ),
     "empty metric list": (["--metrics", ","], ["no metrics", "modes_2d"]),
+    "empty logger list": (["--log", " , "], ["names no logger", "tensorboard,wandb"]),
     "no metric applies": (
         lambda tmp: ["--dataset", "image_folder", "--dataset-opt", f"path={nine_images(tmp)}",
                      "--dataset-opt", "resolution=16", "--backbone", "dcgan", "--cond", "none"],
