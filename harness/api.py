@@ -471,6 +471,13 @@ class Metric(Component, ABC):
         that runs on machines with different caches still aggregate."""
         return self.options.model_dump(mode="json")
 
+    def keys(self, config: RunConfig) -> set[str] | None:
+        """The keys ``compute`` will return for a run with ``config``, when the metric knows
+        them before computing (the FID family: ``fid_digits_500`` for 500 samples); None, the
+        default, when it does not. ``--best-metric`` is checked against them before the run
+        directory exists."""
+        return None
+
     @classmethod
     def option_defaults(cls, config: RunConfig) -> dict[str, Any]:
         """Options the metric derives from the run's settings where ``--metric-opt`` gives

@@ -134,7 +134,9 @@ def best_metric_direction(run: Run) -> Literal["higher", "lower"] | None:
     of the run's metrics with a ``better`` pattern matching it); None without the flag.
 
     Raises ``ConfigError`` (one line) when none of the run's metrics names the key (the
-    valid choices: their key patterns that have a direction), when the key has no direction
+    valid choices: their key patterns that have a direction), when the metric whose pattern
+    matches it knows its keys (``Metric.keys``) and this is none of them (``fid_digits_10k``
+    for a run that evaluates 500 samples), when the key has no direction
     (a spread such as ``kid_digits_10k_std``), or when the run evaluates only at its end
     (``--eval-every`` 0: the last checkpoint would be the only candidate).
     """
@@ -149,6 +151,11 @@ def best_metric_direction(run: Run) -> Literal["higher", "lower"] | None:
                             for pattern, way in type(metric).better.items() if way)
         raise ConfigError(f"--best-metric {key}: no metric of this run ({', '.join(run.metrics)})"
                           f" gives that key (valid: {choices or 'none has a direction'})")
+    known = run.metrics[owner].keys(cfg)
+    if known is not None and key not in known:
+        raise ConfigError(f"--best-metric {key}: metric {owner!r} of this run gives "
+                          f"{', '.join(sorted(known))} with its options (valid: one of them "
+                          "that has a direction, or change the metric's options)")
     direction = run.metrics[owner].direction(key)
     if direction is None:
         raise ConfigError(f"--best-metric {key}: metric {owner!r} gives it no direction (better "

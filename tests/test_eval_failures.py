@@ -83,3 +83,21 @@ def test_a_metric_that_raises_is_one_line_in_eval_and_in_run(cli, pm, finished, 
                 f"{run_dir / results.TRACEBACK})") in run.err
         assert "ValueError: kaboom" in (run_dir / results.TRACEBACK).read_text()
         assert results.run_status(run_dir) == "failed"
+
+
+DIGITS = ["run", "--dataset", "digits", "--backbone", "dcgan", "--steps", "2", "--eval-every",
+          "1", "--eval-samples", "500", "--cond", "none", "--no-progress"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--metrics", "fid_digits", "--best-metric", "fid_digits_10k"],
+     "--best-metric fid_digits_10k: metric 'fid_digits' of this run gives fid_digits_500, "),
+    (["--dataset", "stacked_digits", "--metrics", "stacked_modes", "--best-metric",
+      "classifier_acc"], "--best-metric classifier_acc: metric 'stacked_modes' gives it no "
+     "direction"),
+])
+def test_a_best_metric_key_the_run_cannot_give_is_refused_before_training(
+        cli, tmp_path, args, message):
+    result = cli(*DIGITS, *args, "--out", tmp_path)
+    assert result.code == 2 and message in result.err
+    assert not any(tmp_path.iterdir())

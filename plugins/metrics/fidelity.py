@@ -302,6 +302,18 @@ class FidelityMetric(Metric):
     def extractor(self, run: Run) -> tuple[str, str, str]:
         """(torch-fidelity extractor name, weights path, tag for the metric names)."""
 
+    @abstractmethod
+    def tag(self, config: RunConfig) -> str:
+        """The extractor's part of the metric names (``digits``, ``inception``)."""
+
+    def keys(self, config: RunConfig) -> set[str] | None:
+        """``fid_<tag>[_<reference>]_<samples>`` and its siblings, for ``options.metrics``."""
+        suffix = key_suffix(self.tag(config), self.options.reference, self.options.samples)
+        names = {"fid": [f"fid_{suffix}"], "kid": [f"kid_{suffix}", f"kid_{suffix}_std"],
+                 "is": [f"is_{suffix}", f"is_{suffix}_std"],
+                 "prc": [f"precision_{suffix}", f"recall_{suffix}"]}
+        return {key for metric in self.options.metrics for key in names[metric]}
+
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images as the extractor takes them."""
         return images
@@ -419,9 +431,13 @@ class DigitsFeatures:
         super().check(dataset)  # type: ignore[misc]
         require_classifier(self.options.source, dataset.location.root)
 
+    def tag(self, config: RunConfig) -> str:
+        """The extractor's part of the keys: the classifier's training data."""
+        return resolve_source(self.options.source, config.data_root)
+
     def extractor(self, run: Run) -> tuple[str, str, str]:
         register_digits_extractor()
-        source = resolve_source(self.options.source, run.config.data_root)
+        source = self.tag(run.config)
         return DIGITS_EXTRACTOR, str(classifier_path(source, run.config.data_root)), source
 
 
@@ -535,8 +551,12 @@ class InceptionFeatures:
     def supports(cls, spec: DataSpec) -> bool:
         return spec.is_image
 
+    def tag(self, config: RunConfig) -> str:
+        """The extractor's part of the keys."""
+        return "inception"
+
     def extractor(self, run: Run) -> tuple[str, str, str]:
-        return INCEPTION_EXTRACTOR, str(self.options.weights), "inception"
+        return INCEPTION_EXTRACTOR, str(self.options.weights), self.tag(run.config)
 
     def resolved(self) -> dict[str, Any]:
         """The options with the weights named by their content (``sha256:<hex>``), not by
@@ -625,6 +645,9 @@ class IntraFidelityMetric(FidelityMetric):
     Raises ``MetricError`` when generated images are non-finite or no class has
     ``min_real`` real images.
     """
+
+    def keys(self, config: RunConfig) -> set[str] | None:
+        return None  # one key per class: known only once the classes are counted
 
     default = False
     better = {"intra_fid_*_classes": None, "intra_fid_*": "lower"}

@@ -48,7 +48,7 @@ class StackedModes(Metric):
     """modes / rkl / classifier_acc of digit combinations over ``--eval-samples`` images."""
 
     Options = SourceOptions
-    better = {"modes": "higher", "rkl": "lower", "classifier_acc": "higher"}
+    better = {"modes": "higher", "rkl": "lower", "classifier_acc": None}  # the extractor's, not G's
 
     def __init__(self, options: SourceOptions) -> None:
         super().__init__(options)
