@@ -126,14 +126,17 @@ def torch_bytes(obj: Any) -> bytes:
 
 
 def load_checkpoint(
-    path: Path, identity: dict[str, Any], map_location: torch.device | str = "cpu"
+    path: Path, identity: dict[str, Any], map_location: torch.device | str = "cpu",
+    use: str = "resume from",
 ) -> dict[str, Any]:
-    """The checkpoint at ``path`` if it belongs to the run of ``identity``.
+    """The checkpoint at ``path`` (a dict of tensors and plain containers) if it belongs to
+    the run of ``identity``.
 
     Loaded with ``weights_only=True`` (tensors and plain containers only) onto
     ``map_location``, so a run trained on a GPU resumes on a CPU. Raises ``CheckpointError``
     (one line) for a truncated or foreign file, another format version, or another run's
-    checkpoint (different trajectory hash or seed).
+    checkpoint (different trajectory hash or seed); ``use`` is what the caller would do with
+    it, as the refusals say it (``"resume from"``, ``"load"`` for evaluating or sampling).
     """
     import torch
 
@@ -152,7 +155,7 @@ def load_checkpoint(
         found = saved.get("format") if isinstance(saved, dict) else None
         raise CheckpointError(
             f"{path} is not a gan-harness checkpoint of format {CHECKPOINT_FORMAT} "
-            f"(found format {found}); it cannot be resumed by this version"
+            f"(found format {found}); this version cannot {use} it"
         )
     keys = ("trajectory", "seed")
     if any(saved.get(key) != identity[key] for key in keys):
@@ -162,7 +165,7 @@ def load_checkpoint(
 
         raise CheckpointError(
             f"{path} belongs to another run ({describe(saved)}, step {saved.get('step')}; "
-            f"this run: {describe(identity)}); refusing to resume from it"
+            f"this run: {describe(identity)}); refusing to {use} it"
         )
     return state
 

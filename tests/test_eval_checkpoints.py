@@ -14,7 +14,7 @@ from harness import results
 from harness.api import Metric
 from harness.build import best_metric_direction
 from harness.cli import main
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.evaluation import read_evaluations
 from harness.leaderboard import load_runs, within_run_spreads
 from harness.manager import get_plugin_manager
@@ -221,3 +221,59 @@ def test_a_spread_of_an_evaluation_is_pooled_like_the_original_ones():
     metrics = ["kid_1k", "kid_1k_std", "kid_1k@best", "kid_1k_std@best", "x_std@step5"]
     assert within_run_spreads(metrics) == {"kid_1k_std": "kid_1k",
                                            "kid_1k_std@best": "kid_1k@best"}
+
+
+def test_load_generator_from_config_and_generator_pt_alone(trained, tmp_path):
+    from harness import sampling
+
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for name in (results.CONFIG, results.GENERATOR):
+        (copied / name).write_bytes((trained / name).read_bytes())
+    alone, full = (load_generator(path, overrides={"threads": 1}) for path in (copied, trained))
+    assert alone.step == full.step == 30 and not alone.eval_generator.training
+    x, y = sampling.sampler(alone, seed=0)(300)
+    expected = sampling.sampler(full, seed=0)(300)
+    assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
+    # a checkpoint other than the last needs the checkpoints
+    with pytest.raises(HarnessError, match="--checkpoint best: no checkpoints/best.pt"):
+        load_generator(copied, "best")
+    # generator.pt of another run is refused
+    other = json.loads((copied / results.CONFIG).read_text())
+    other["config"]["seed"] = 7
+    (copied / results.CONFIG).write_text(json.dumps(other))
+    with pytest.raises(HarnessError, match="belongs to another run .*; refusing to load it$"):
+        load_generator(copied)
+
+
+def test_load_generator_takes_an_int_step_and_refuses_unsaved_ones(trained):
+    assert load_generator(trained, 20, {"threads": 1}).step == 20
+    for step in (-1, 15):
+        with pytest.raises(HarnessError, match="saved steps?: 10, 20, 30") as info:
+            load_generator(trained, step)
+        assert "\n" not in str(info.value)
+
+
+def test_a_finished_run_without_its_checkpoints_and_another_runs_checkpoint(cli, trained,
+                                                                            tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for name in (results.CONFIG, results.RUN):
+        (gone / name).write_bytes((trained / name).read_bytes())
+    result = cli("eval", gone)
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "run.json records a checkpoint of step 30 but its checkpoint files are missing" in (
+        result.err) and "stopped before" not in result.err
+    result = cli("sample", gone, "--out", tmp_path / "out")
+    assert result.code == 2 and "checkpoint files are missing" in result.err
+    assert not (tmp_path / "out").exists()
+
+    (gone / "checkpoints").mkdir()
+    (gone / results.CHECKPOINT).write_bytes((trained / results.CHECKPOINT).read_bytes())
+    config = json.loads((gone / results.CONFIG).read_text())
+    config["config"]["seed"] = 7
+    (gone / results.CONFIG).write_text(json.dumps(config))
+    for command in (["eval", gone], ["sample", gone, "--out", tmp_path / "out"]):
+        result = cli(*command, "--threads", "1")
+        assert result.code == 2 and "belongs to another run" in result.err, result.err
+        assert result.err.rstrip().endswith("refusing to load it"), result.err

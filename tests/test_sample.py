@@ -216,3 +216,118 @@ def test_an_interrupted_export_leaves_nothing(cli, image_run, tmp_path, monkeypa
     monkeypatch.setattr(sampling, "png_bytes", png_bytes)
     assert cli("sample", image_run, "--n", "50", "--out", empty, *SAMPLE).code == 0
     assert len(list(empty.glob("*.png"))) == 50
+
+
+def test_the_default_export_is_the_evaluations_draw(cli, image_run, tmp_path):
+    """``harness sample`` without --seed writes exactly the samples the evaluation scores
+    (``Trainer.evaluate``'s draw of n), so FID of the folder is the run's number."""
+    from harness.trainer import Trainer
+
+    out = tmp_path / "eval-draw"
+    result = cli("sample", image_run, "--n", "120", "--format", "npz", "--out", out, *SAMPLE)
+    assert result.code == 0, result.err
+    assert "skipping metric" not in result.err  # the run is not evaluated: no metric warnings
+    arrays = np.load(out / "samples.npz")
+
+    drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Recorder:
+        def compute(self, sample, run):
+            drawn.append(sample(120))
+            return {}
+
+    run = restore.load_run(image_run, overrides={"threads": 1})
+    run.metrics = {"recorder": Recorder()}  # type: ignore[dict-item]
+    Trainer(run).evaluate()
+    (x, y), = drawn
+    assert np.array_equal(arrays["y"], y.numpy())
+    assert np.array_equal(arrays["x"], to_uint8(x).numpy())
+    ours, labels = sampling.sampler(run, seed=0)(120)  # the floats, bit for bit
+    assert torch.equal(ours, x) and torch.equal(labels, y)
+    other = sampling.sampler(run, seed=1)(120)[0]
+    assert not torch.equal(other, x)
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next(cli, image_run, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead, host = int(child.stdout), socket.gethostname()
+    stale = tmp_path / f".out.partial-{host}-{dead}-abc_12"
+    alive = tmp_path / f".out.partial-{host}-{os.getpid()}-xyz_34"
+    other = tmp_path / ".other.partial-{host}-{dead}-abc_12"
+    for folder in (stale, alive, other):
+        folder.mkdir()
+        (folder / "000000.png").write_bytes(b"half")
+    result = cli("sample", image_run, "--n", "10", "--out", tmp_path / "out", *SAMPLE)
+    assert result.code == 0, result.err
+    notes = [line for line in result.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and stale.name in notes[0] and alive.name not in notes[0]
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, other.name, "out"])
+
+
+def test_sigterm_during_an_export_exits_143_and_leaves_nothing(cli, image_run, tmp_path,
+                                                               monkeypatch):
+    import os
+    import signal
+
+    written = []
+    png_bytes = sampling.png_bytes
+
+    def terminated(image):
+        if len(written) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        written.append(1)
+        return png_bytes(image)
+
+    monkeypatch.setattr(sampling, "png_bytes", terminated)
+    assert cli("sample", image_run, "--n", "20", "--out", tmp_path / "out", *SAMPLE).code == 143
+    assert len(written) == 3 and not any(tmp_path.iterdir())
+
+
+def test_exports_that_cannot_fit_are_refused_up_front(cli, image_run, tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    line = error_line(cli("sample", image_run, "--n", "10000", "--out", tmp_path / "png",
+                          *SAMPLE))
+    assert line.startswith("error: harness sample --n 10000 --format png: the samples need up "
+                           "to 39.7 MiB of disk, 10.0 MiB is free at ")
+    assert line.endswith("(valid here: --n at most 2520)")
+    assert cli("sample", image_run, "--n", "2520", "--format", "png", "--out",
+               tmp_path / "fits", *SAMPLE).code == 0
+    shutil.rmtree(tmp_path / "fits")
+    assert "(valid here: --n at most 3404)" in error_line(cli(
+        "sample", image_run, "--n", "10000", "--format", "npz", "--out", tmp_path / "npz"))
+    monkeypatch.undo()
+    monkeypatch.setattr(sampling, "available_memory", lambda: 2**20)
+    line = error_line(cli("sample", image_run, "--n", "100", "--batch-size", "1000",
+                          "--out", tmp_path / "mem", *SAMPLE))
+    assert line == ("error: harness sample --batch-size 1000: a batch needs about 3.5 MiB of "
+                    "memory, 1.0 MiB is available (valid here: --batch-size at most 28)")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_large_npz_is_streamed_as_np_savez_writes_it(tmp_path):
+    x = np.arange(5 * 3 * 4 * 4, dtype=np.uint8).reshape(5, 3, 4, 4)
+    y = np.arange(5, dtype=np.int64)
+    with sampling.npz_writer(tmp_path / "s.npz", 5, (3, 4, 4), np.dtype(np.uint8), y) as write:
+        write(x[:2])
+        write(x[2:])
+    np.savez(tmp_path / "ref.npz", x=x, y=y)
+    loaded = np.load(tmp_path / "s.npz")
+    assert np.array_equal(loaded["x"], x) and np.array_equal(loaded["y"], y)
+    import zipfile
+
+    def members(path):
+        with zipfile.ZipFile(path) as archive:
+            return [archive.read(name) for name in archive.namelist()]
+
+    assert members(tmp_path / "s.npz") == members(tmp_path / "ref.npz")

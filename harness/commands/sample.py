@@ -42,9 +42,12 @@ def add_parser(commands: Any) -> None:
                         help="last (default), best (--best-metric) or the step of a kept "
                         "checkpoint (--keep-checkpoints)")
     sample.add_argument("--seed", type=int_arg(0, 2**62), metavar="S",
-                        help="seed of the labels and latents (default: the run's seed)")
-    sample.add_argument("--batch-size", type=int_arg(1, 100_000), default=1000, metavar="B",
-                        help="samples per forward pass of G (default: 1000)")
+                        help="draw the samples the evaluation of a run of seed S draws "
+                        "(default: the run's seed: exactly the samples harness eval "
+                        "--eval-samples N scores)")
+    sample.add_argument("--batch-size", type=int_arg(1, 100_000), default=10_000,
+                        metavar="B", help="samples per forward pass of G (default: 10000, "
+                        "the evaluation's; another changes G's output only in the last bits)")
     sample.add_argument("--device", choices=["cpu", "cuda", "auto"],
                         help="where to run G (default: the run's device)")
     sample.add_argument("--data-root", type=path_arg,
@@ -63,7 +66,7 @@ def command_sample(args: argparse.Namespace) -> int:
     restore.read_saved_config(directory, what)
     overrides = {name: getattr(args, name) for name in ("device", "data_root", "threads")
                  if getattr(args, name) is not None}
-    checkpoint = restore.resolve_checkpoint(directory, args.checkpoint, what)
+    checkpoint = restore.generator_source(directory, args.checkpoint, what)
     run = restore.load_generator(directory, args.checkpoint, overrides, what)
     fmt = sampling.check_format(run, args.format, what)
     seed = run.config.seed if args.seed is None else args.seed
@@ -76,6 +79,7 @@ def command_sample(args: argparse.Namespace) -> int:
         raise HarnessError(f"{what} --n {args.n} --per-class: not a multiple of the run's "
                            f"{classes} classes (valid: a multiple of {classes}, e.g. "
                            f"{nearest})") from None
+    sampling.check_resources(run, args.out, args.n, fmt, args.batch_size, what)
     manifest = sampling.export(run, args.out, labels, seed, fmt, args.per_class,
                                args.batch_size, show_progress=not args.no_progress,
                                checkpoint=checkpoint.relative_to(directory))
