@@ -552,15 +552,15 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     paths = list(args.runs) or [args.results or Path("results")]
     if args.results and args.runs:
         paths.append(args.results)
+    for flag, path in (("--csv", args.csv), ("--markdown", args.markdown)):
+        if path is not None:  # before any output
+            leaderboard.check_export(flag, path)
     frame, metrics = leaderboard.load_runs(paths)
     group_by = [c.strip() for c in args.group_by.split(",")] if args.group_by else None
     if args.compare and group_by and "dataset" not in group_by:
         raise HarnessError(f"--compare {args.compare} matches rows by dataset and method: "
                            f"--group-by {args.group_by} must include dataset")
     chosen = shipped_suites(args.compare) if args.compare else None  # before any output
-    for flag, path in (("--csv", args.csv), ("--markdown", args.markdown)):
-        if path is not None:
-            check_output_file(flag, path)
     table = leaderboard.aggregate(frame, metrics, group_by)
     print(leaderboard.render(table, metrics, args.stat))
     comparison = print_published(table, metrics, chosen) if chosen else None
@@ -572,18 +572,6 @@ def command_leaderboard(args: argparse.Namespace) -> int:
             text += "\n" + published.to_markdown(comparison)
         write_output(args.markdown, "--markdown", text)
     return 0
-
-
-def check_output_file(flag: str, path: Path) -> None:
-    """A file the user asked for can be written: not a folder, in a writable folder."""
-    from harness import results
-
-    path = Path(path)
-    reason = (f"{path} is a folder" if path.is_dir()
-              else results.unwritable_reason(path.parent))
-    if reason:
-        raise HarnessError(f"{flag} {path}: cannot write the table: {reason} (valid: a file "
-                           "path in a writable folder)")
 
 
 def write_output(path: Path, flag: str, text: str) -> None:

@@ -7,9 +7,11 @@ warning; the table is always built from the rest.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import reprlib
 import sys
 from collections import Counter
@@ -30,6 +32,7 @@ RUN_COLUMNS = ("run_id", "seed", "status")
 JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
               float: "number", type(None): "null"}
 """What ``json.loads`` returns -> its JSON name, for messages."""
+DIGITS = re.compile(r"\d+")
 
 Warn = Callable[[str], None]
 """Receives one line per run left out of the leaderboard (without the ``warning:`` prefix)."""
@@ -153,7 +156,24 @@ def read_metrics(run_dir: Path) -> dict[str, int | float]:
                        + ", ".join(bad))
     if not set(metrics) - {"eval_samples"}:
         raise Unusable(f"{results.METRICS} holds no metric values")
-    return metrics
+    return {key: metrics[key] for key in natural_order(metrics)}
+
+
+def natural_order(names: Iterable[str]) -> list[str]:
+    """``names`` (each once) with every family of names that differ only in their numbers in
+    numeric order, at the place of the family's first name: ``intra_fid_digits_30_c2``
+    before ``_c10`` (not after, as text sorts them), ``fid_digits_2k`` before
+    ``fid_digits_10k``; names of different families keep their order."""
+    unique = list(dict.fromkeys(names))
+    families: dict[str, int] = {}
+    for name in unique:
+        families.setdefault(DIGITS.sub("#", name), len(families))
+
+    def key(name: str) -> tuple[int, list[tuple[int, str]]]:
+        numbers = [digits.lstrip("0") for digits in DIGITS.findall(name)]
+        return families[DIGITS.sub("#", name)], [(len(n), n) for n in numbers]
+
+    return sorted(unique, key=key)
 
 
 def evaluation_columns(run_dir: Path, info: dict[str, Any]) -> dict[str, float]:
@@ -229,9 +249,9 @@ def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr) -> tuple[pd.DataF
         kept[key] = run_id
         rows.append((row, metrics))
     config_columns = {key for row, _ in rows for key in row} | set(RUN_COLUMNS)
-    metric_names = list(dict.fromkeys(
+    metric_names = natural_order(
         name for _, metrics in rows for name in metrics if name not in config_columns
-    ))
+    )
     frame = pd.DataFrame([
         {**row, **{k: v for k, v in metrics.items() if k not in config_columns}}
         for row, metrics in rows
@@ -277,13 +297,15 @@ def aggregate(
     numeric = [m for m in metrics if pd.api.types.is_numeric_dtype(frame[m])]
     values = [m for m in numeric if m not in spreads]
     grouped = frame.groupby(keys, sort=True, dropna=False)
-    table = grouped[values].agg(["mean", "std", "sem"])
-    table.columns = [f"{m}_{stat}" for m, stat in table.columns]
-    for spread, metric in spreads.items():
-        if spread in numeric:
-            table[f"{metric}_run_std"] = grouped[spread].agg(lambda v: math.sqrt((v**2).mean()))
-    table.insert(0, "n_seeds", grouped.size())
-    return table.reset_index()
+    stats = grouped[values].agg(["mean", "std", "sem"])
+    stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
+    pooled = {f"{metric}_run_std": grouped[spread].agg(lambda v: math.sqrt((v**2).mean()))
+              for spread, metric in spreads.items() if spread in numeric}
+    # every column at once: one insert per column leaves a wide table fragmented (pandas'
+    # PerformanceWarning), the group keys' columns too (not reset_index's one per key)
+    by_group = pd.DataFrame({"n_seeds": grouped.size(), **dict(stats.items()), **pooled})
+    return pd.concat([by_group.index.to_frame(index=False), by_group.reset_index(drop=True)],
+                     axis=1)
 
 
 def render(table: pd.DataFrame, metrics: list[str], stat: str = "std") -> str:
@@ -293,14 +315,17 @@ def render(table: pd.DataFrame, metrics: list[str], stat: str = "std") -> str:
     suffixes = tuple(f"_{s}" for s in ("mean", *STATS, "run_std"))
     keys = [c for c in table.columns if c != "n_seeds" and not c.endswith(suffixes)]
     varying = [k for k in keys if k not in ALWAYS_SHOWN and table[k].dropna().nunique() > 1]
-    view = table[[k for k in ALWAYS_SHOWN if k in table] + varying].copy()
-    view["seeds"] = table["n_seeds"]
-    for metric in metrics:
-        if f"{metric}_mean" not in table:
-            continue
-        mean, spread = table[f"{metric}_mean"], table[f"{metric}_{stat}"]
-        view[metric] = [mean_std(m, s) for m, s in zip(mean, spread, strict=True)]
-    return view.to_string(index=False)
+    columns = {k: table[k] for k in [k for k in ALWAYS_SHOWN if k in table] + varying}
+    columns["seeds"] = table["n_seeds"]
+    columns.update({metric: mean_std_column(table, metric, stat) for metric in metrics
+                    if f"{metric}_mean" in table})
+    return pd.DataFrame(columns).to_string(index=False)  # built at once: not fragmented
+
+
+def mean_std_column(table: pd.DataFrame, metric: str, stat: str) -> list[str]:
+    """``mean_std`` of ``metric`` in each row of an ``aggregate`` table."""
+    return [mean_std(m, s) for m, s in
+            zip(table[f"{metric}_mean"], table[f"{metric}_{stat}"], strict=True)]
 
 
 def mean_std(mean: float, std: float) -> str:
@@ -312,3 +337,92 @@ def mean_std(mean: float, std: float) -> str:
     if math.isnan(std):
         return f"{mean:.4g}"
     return f"{mean:.4g} ± {0.0 if std < 1e-12 * abs(mean) else std:.2g}"
+
+
+# ----------------------------------------------------------------------------- output files
+HEAD_BYTES = 65536
+"""How much of an existing file ``check_output`` reads to tell whether the command wrote it."""
+
+
+def run_dir_above(path: Path) -> Path | None:
+    """The nearest folder above ``path`` that is a run directory (holds ``config.json`` and
+    ``run.json``), also where a symbolic link leads; None when there is none."""
+    for folder in (*Path(os.path.abspath(path)).parents, *Path(os.path.realpath(path)).parents):
+        if (folder / results.CONFIG).is_file() and (folder / results.RUN).is_file():
+            return folder
+    return None
+
+
+def first_text(path: Path) -> str:
+    """The beginning of the file at ``path`` as text (undecodable bytes replaced); empty when
+    it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(HEAD_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def check_output(flag: str, path: Path, what: str, ours: Callable[[Path], bool], kind: str,
+                 run_suffix: str | None = None) -> None:
+    """``HarnessError`` (one line naming ``flag`` and ``path``) unless ``what`` may be written
+    to ``path``: not a folder, in a writable folder, in no run directory (whose results it
+    could replace; ``run_suffix``: but a file of that suffix directly in one), and new or a
+    file this command wrote before (``ours``; ``kind`` names such a file)."""
+    path = Path(path)
+    reason = f"{path} is a folder" if path.is_dir() else results.unwritable_reason(path.parent)
+    if reason:
+        raise HarnessError(f"{flag} {path}: cannot write {what}: {reason} (valid: a file path "
+                           "in a writable folder)")
+    run_dir = run_dir_above(path)
+    if run_dir is not None and not (
+            run_suffix and path.suffix == run_suffix
+            and os.path.realpath(path.parent) == os.path.realpath(run_dir)):
+        but = f", or a {run_suffix} file directly in one" if run_suffix else ""
+        raise HarnessError(f"{flag} {path}: cannot write {what}: it is inside the run directory "
+                           f"{run_dir}, whose files must not be replaced (valid: a path outside "
+                           f"every run directory{but})")
+    if (path.exists() or path.is_symlink()) and not ours(path):
+        raise HarnessError(f"{flag} {path}: cannot write {what}: the existing file {path} is "
+                           f"not {kind}, so it is not overwritten (valid: another {flag} "
+                           "path, or delete the file first)")
+
+
+def is_table_header(columns: list[str]) -> bool:
+    """Whether ``columns`` are an ``aggregate`` table's: the group keys, ``n_seeds``, then
+    only statistics (``<metric>_mean``, ``_std``, ``_sem``, ``_run_std``)."""
+    stats = tuple(f"_{s}" for s in ("mean", *STATS, "run_std"))
+    return "n_seeds" in columns and all(
+        c.endswith(stats) for c in columns[columns.index("n_seeds") + 1:])
+
+
+def is_leaderboard_csv(path: Path) -> bool:
+    """Whether ``path`` is a ``.csv`` file ``--csv`` wrote: its header is a leaderboard's
+    (``is_table_header``), or it is blank (an empty leaderboard's)."""
+    text = first_text(path)
+    header = next(csv.reader([text.partition("\n")[0]]), [])
+    return path.suffix == ".csv" and (not text.strip() or is_table_header(header))
+
+
+def is_leaderboard_markdown(path: Path) -> bool:
+    """Whether ``path`` is a ``.md`` file ``--markdown`` wrote: its first line is the header
+    of a leaderboard's table (``is_table_header``), or it is blank (an empty leaderboard's)."""
+    text = first_text(path)
+    header = text.partition("\n")[0].strip()
+    cells = [c.strip() for c in header.removeprefix("|").removesuffix("|").split("|")]
+    return path.suffix == ".md" and (not text.strip() or (
+        header.startswith("|") and is_table_header(cells)))
+
+
+EXPORTS = {"--csv": (is_leaderboard_csv, "a leaderboard CSV that --csv wrote (a .csv file "
+                                         "with a header of group keys, n_seeds, statistics)"),
+           "--markdown": (is_leaderboard_markdown, "a leaderboard that --markdown wrote (a .md "
+                                                   "file whose table's header has group keys, "
+                                                   "n_seeds, statistics)")}
+"""``harness leaderboard``'s export flags -> how to recognise its earlier file, and its name."""
+
+
+def check_export(flag: str, path: Path) -> None:
+    """``check_output`` for the table an export flag (``EXPORTS``) writes to ``path``."""
+    ours, kind = EXPORTS[flag]
+    check_output(flag, path, "the table", ours, kind)

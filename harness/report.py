@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness import __version__, leaderboard, published, results
+from harness import __version__, leaderboard, published, results, signals
 from harness.errors import HarnessError, one_line
 from harness.leaderboard import Unusable, read_object
 
@@ -47,6 +47,11 @@ ALGORITHM2_SCORES = ("acc", "nmi", "purity", "ari")
 """``harness cluster``'s scores (``cluster.json``)."""
 SUMMARY_FIELDS = ("dataset", "prior", "cond", "backbone", "loss", "steps", "batch_size", "seed")
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+GENERATOR = '<meta name="generator" content="gan-harness'
+"""How every page begins its ``generator`` meta: the mark of a report ``--out`` may replace."""
+OLD_TITLE = "<title>harness report: "
+"""How the title of every page ``build`` makes begins: the mark of a report written before
+``GENERATOR`` was added."""
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px;
        padding: 0 1em; color: #222; }
@@ -150,14 +155,13 @@ def board_view(table: pd.DataFrame, metrics: list[str], stat: str) -> pd.DataFra
     keys = [c for c in table.columns if c != "n_seeds" and not c.endswith(suffixes)]
     varying = [k for k in keys
                if k not in leaderboard.ALWAYS_SHOWN and table[k].dropna().nunique() > 1]
-    view = table[[k for k in leaderboard.ALWAYS_SHOWN if k in table] + varying].copy()
-    view.insert(0, "#", range(1, len(table) + 1))
-    view["seeds"] = table["n_seeds"]
-    for metric in metrics:
-        if f"{metric}_mean" in table:
-            view[metric] = [leaderboard.mean_std(m, s) for m, s in
-                            zip(table[f"{metric}_mean"], table[f"{metric}_{stat}"], strict=True)]
-    return view
+    columns: dict[str, Any] = {"#": range(1, len(table) + 1)}
+    columns.update({k: table[k] for k in
+                    [k for k in leaderboard.ALWAYS_SHOWN if k in table] + varying})
+    columns["seeds"] = table["n_seeds"]
+    columns.update({metric: leaderboard.mean_std_column(table, metric, stat)
+                    for metric in metrics if f"{metric}_mean" in table})
+    return pd.DataFrame(columns, index=table.index)  # built at once: not fragmented
 
 
 # ----------------------------------------------------------------------------- published
@@ -474,8 +478,9 @@ def build(results_dir: Path, run_dirs: list[Path], suites: list[Suite] | None,
                  else table_html(board_view(table, metrics, stat), "leaderboard"))
     if not table.empty:
         parts.append("<details><summary>every column (as harness leaderboard --csv)</summary>"
-                     + table_html(table.assign(**{"#": range(1, len(table) + 1)})
-                                  [["#", *table.columns]]) + "</details>")
+                     + table_html(pd.concat([pd.DataFrame({"#": range(1, len(table) + 1)},
+                                                          index=table.index), table], axis=1))
+                     + "</details>")
     parts.append('<h2 id="published">Published beside measured</h2>')
     if comparison.empty:
         parts.append(f'<p class="note">No leaderboard row follows a published row ({esc(source)}'
@@ -495,10 +500,42 @@ def build(results_dir: Path, run_dirs: list[Path], suites: list[Suite] | None,
 
 def page(title: str, body: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'{GENERATOR} {esc(__version__)} (harness report)">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
             "</body></html>\n")
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` holds a page ``harness report`` wrote: its head has the page's
+    ``generator`` meta, or its title (a page written before that meta)."""
+    head = leaderboard.first_text(path).partition("</head>")[0]
+    return head.startswith("<!DOCTYPE html>") and (GENERATOR in head or OLD_TITLE in head)
+
+
+def check_out(out: Path) -> None:
+    """``HarnessError`` (one line) unless the report may be written to ``out``: a new file
+    or an earlier report, in a writable folder, in no run directory but directly in one as
+    an ``.html`` file (one run's ``RUN/report.html``)."""
+    leaderboard.check_output("--out", out, "the report", is_report,
+                             "a report harness report wrote", run_suffix=".html")
+
+
+def write(out: Path, text: str, since: int) -> None:
+    """Write the page ``text`` to ``out`` atomically, unless a stop signal came after the
+    point ``since`` (``signals.stops_so_far``): then ``KeyboardInterrupt``, even when the
+    signal's own was swallowed while the page was built (matplotlib's import catches it),
+    and nothing written. ``out`` is checked again (``check_out``): a file may have appeared
+    there meanwhile."""
+    signals.raise_if_stopped(since)
+    check_out(out)
+    try:
+        results.atomic_write_bytes(out, text.encode())
+    except OSError as exc:
+        raise HarnessError(f"--out {out}: cannot write the report: "
+                           f"{exc.strerror or type(exc).__name__} (valid: a file path in a "
+                           "writable folder)") from None
 
 
 def find_runs(results_dir: Path) -> list[Path]:

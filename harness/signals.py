@@ -9,6 +9,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[str] = []
+"""The names of the stop signals ``raise_interrupt`` handled, oldest first: a record that
+code which catches ``KeyboardInterrupt`` and goes on (matplotlib's import of its 3-D
+toolkit only warns) cannot erase."""
 
 
 @contextlib.contextmanager
@@ -29,8 +33,25 @@ def on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[bool]:
 
 def raise_interrupt(signum: int, frame: Any) -> None:
     """A handler: ``KeyboardInterrupt`` at once, whichever of the two signals came; its
-    argument names the signal (``exit_code`` reads it)."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    argument names the signal (``exit_code`` reads it). The signal is also recorded, for
+    ``raise_if_stopped``."""
+    name = signal.Signals(signum).name
+    _received.append(name)
+    raise KeyboardInterrupt(name)
+
+
+def stops_so_far() -> int:
+    """A point to give ``raise_if_stopped`` later: how many stop signals ``raise_interrupt``
+    has handled so far."""
+    return len(_received)
+
+
+def raise_if_stopped(since: int) -> None:
+    """``KeyboardInterrupt`` naming the latest stop signal if ``raise_interrupt`` handled one
+    after the point ``since`` (from ``stops_so_far``), even one whose ``KeyboardInterrupt``
+    was caught and swallowed meanwhile; nothing otherwise."""
+    if len(_received) > since:
+        raise KeyboardInterrupt(_received[-1])
 
 
 def signal_of(interrupt: KeyboardInterrupt) -> str | None:

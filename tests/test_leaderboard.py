@@ -226,3 +226,94 @@ def test_a_run_without_metric_values_is_skipped(tmp_path):
     (run_dir / "metrics.json").write_text('{"eval_samples": 200}')
     frame, _, warnings = load(tmp_path)
     assert frame.empty and warnings == [f"{run_dir}: metrics.json holds no metric values; skipped"]
+
+
+def _leaderboard(*args: str | Path) -> int:
+    return main(["leaderboard", *map(str, args)])
+
+
+@pytest.mark.parametrize(("flag", "where", "message"), [
+    ("--csv", "runs/run/run.json", "it is inside the run directory {run}, whose files must not be "
+                              "replaced (valid: a path outside every run directory)"),
+    ("--csv", "runs/run/metrics.json", "it is inside the run directory {run}"),
+    ("--csv", "runs/run/checkpoints/board.csv", "it is inside the run directory {run}"),
+    ("--markdown", "runs/run/board.md", "it is inside the run directory {run}"),
+    ("--csv", "link/board.csv", "it is inside the run directory"),  # a link to the run
+    ("--csv", "notes.txt", "the existing file {tmp}/notes.txt is not a leaderboard CSV that "
+                           "--csv wrote"),
+    ("--csv", "comparison.csv", "the existing file {tmp}/comparison.csv is not a leaderboard"),
+    ("--markdown", "notes.txt", "the existing file {tmp}/notes.txt is not a leaderboard that "
+                                "--markdown wrote"),
+    ("--markdown", "board.csv", "the existing file {tmp}/board.csv is not a leaderboard"),
+])
+def test_an_export_never_replaces_a_run_file_or_a_foreign_file(tmp_path, capsys, flag, where,
+                                                                message):
+    run = make_run(tmp_path / "runs", "run")
+    (tmp_path / "link").symlink_to(run)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    (tmp_path / "comparison.csv").write_text("suite,source\nliu,x\n")
+    assert _leaderboard(tmp_path / "runs", "--csv", tmp_path / "board.csv") == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert _leaderboard(tmp_path / "runs", flag, tmp_path / where) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1  # refused before the table is built
+    assert err.startswith(f"error: {flag} {tmp_path / where}: cannot write the table: ")
+    assert message.format(run=run, tmp=tmp_path) in err
+    if "existing" in message:
+        assert f"(valid: another {flag} path, or delete the file first)" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_export_replaces_its_own_earlier_file(tmp_path, capsys):
+    make_run(tmp_path / "runs", "a")
+    make_run(tmp_path / "runs", "b", seed=1, metrics={**METRICS, "rkl": 0.25})
+    board, md = tmp_path / "board.csv", tmp_path / "board.md"
+    (tmp_path / "no-runs").mkdir()
+    assert _leaderboard(tmp_path / "no-runs", "--csv", board, "--markdown", md) == 0
+    assert board.read_text().strip() == md.read_text().strip() == ""  # an empty leaderboard
+    for group_by in ([], ["--group-by", "dataset"], []):
+        assert _leaderboard(tmp_path / "runs", "--csv", board, "--markdown", md, *group_by) == 0
+        header = board.read_text().splitlines()[0]
+        assert header.startswith("dataset,n_seeds,modes_mean" if group_by else "augment,")
+        assert md.read_text().startswith("| augment" if not group_by else "| dataset")
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_per_class_columns_sort_as_numbers(tmp_path, capsys):
+    per_class = {f"intra_fid_digits_30_c{c}": float(c) for c in (0, 1, 10, 11, 2, 3, 9)}
+    metrics = {**METRICS, **per_class, "intra_fid_digits_30_classes": 5.0, "zeta": 1.0}
+    make_run(tmp_path, "a", metrics=dict(sorted(metrics.items())))  # as metrics.json has them
+    _, names, _ = load(tmp_path)
+    assert names == ["hq_pct", *(f"intra_fid_digits_30_c{c}" for c in (0, 1, 2, 3, 9, 10, 11)),
+                     "intra_fid_digits_30_classes", "modes", "rkl", "zeta"]
+    assert leaderboard.natural_order(["fid_10k", "kid_10k", "fid_2k", "a@step10", "a@step9",
+                                      "fid_10k"]) == ["fid_2k", "fid_10k", "kid_10k",
+                                                      "a@step9", "a@step10"]
+    assert _leaderboard(tmp_path, "--csv", tmp_path / "board.csv") == 0
+    header = (tmp_path / "board.csv").read_text().splitlines()[0].split(",")
+    means = [c.removesuffix("_mean") for c in header if c.endswith("_mean")]
+    assert means == names
+    assert capsys.readouterr().out.splitlines()[0].split()[-4:] == [
+        "intra_fid_digits_30_classes", "modes", "rkl", "zeta"]
+
+
+@pytest.mark.filterwarnings("error::pandas.errors.PerformanceWarning")
+def test_a_wide_table_is_built_at_once(tmp_path, capsys):
+    metrics = {**METRICS, **{f"intra_fid_digits_30_c{c}": float(c) for c in range(150)},
+               **{f"kid_{c}": 1.0 for c in range(60)}, **{f"kid_{c}_std": 0.5 for c in range(60)}}
+    for seed in range(2):
+        make_run(tmp_path, f"s{seed}", seed=seed, metrics=metrics)
+    make_run(tmp_path, "other", lr_g=1e-3, metrics=metrics)
+    assert _leaderboard(tmp_path, "--csv", tmp_path / "b.csv", "--markdown", tmp_path / "b.md") \
+        == 0
+    out, err = capsys.readouterr()
+    assert "Warning" not in err and len(out.splitlines()) == 3
+    frame, names, _ = load(tmp_path)
+    frame.loc[frame["run_id"] == "other", "lr_g"] = None  # a group whose key is missing
+    table = leaderboard.aggregate(frame, names)
+    assert table["n_seeds"].tolist() == [2, 1]
+    assert table["kid_7_run_std"].tolist() == [0.5, 0.5]
+    keys = [c for c in frame.columns if c not in names and c not in leaderboard.RUN_COLUMNS]
+    assert list(table.columns[:len(keys) + 1]) == [*keys, "n_seeds"]
+    assert table["lr_g"].isna().tolist() == [False, True]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +17,7 @@ from harness import report
 from harness.cli import main
 from harness.report import PNG_SIGNATURE
 from tests.browser import Browser, file_url, find_chromium
+from tests.test_leaderboard import METRICS, make_run
 
 RING = ["run", "--dataset-opt", "size=1000", "--eval-samples", "300", "--steps", "10",
         "--batch-size", "32", "--log-every", "5", "--no-progress", "--threads", "1"]
@@ -171,3 +176,104 @@ def test_report_refuses_an_unwritable_out_or_unknown_suite(cli, results_dir, tmp
         assert result.err.count("\n") == 1
     assert sorted(p.name for p in results_dir.iterdir()) == before  # no report.html either
     assert not (tmp_path / "r.html").exists()
+
+
+def test_stops_swallowed_meanwhile_are_raised_again():
+    from harness import signals
+
+    since = signals.stops_so_far()
+    signals.raise_if_stopped(since)  # none yet: nothing happens
+    with pytest.raises(KeyboardInterrupt):
+        signals.raise_interrupt(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        signals.raise_if_stopped(since)
+    assert signals.signal_of(caught.value) == "SIGTERM"
+    signals.raise_if_stopped(signals.stops_so_far())  # a later point: nothing since
+
+
+def swallow(signum: int) -> Callable[..., None]:
+    """A stand-in for a step of the report that catches the stop signal's KeyboardInterrupt
+    and goes on, as matplotlib's import of its 3-D toolkit does."""
+    from harness import signals
+
+    def step(*args: Any) -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            signals.raise_interrupt(signum, None)
+
+    return step
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_swallowed_while_the_report_is_built_writes_nothing(cli, tmp_path, monkeypatch,
+                                                                   signum, code):
+    runs = tmp_path / "runs"
+    make_run(runs, "a")
+    out = tmp_path / "report.html"
+    assert cli("report", runs, "--out", out).code == 0
+    earlier = out.read_bytes()
+    monkeypatch.setattr(report, "tradeoff_plot", swallow(signum))
+    result = cli("report", runs, "--out", out)
+    assert result.code == code
+    assert result.err.endswith(f"interrupted ({signal.Signals(signum).name})\n")
+    assert out.read_bytes() == earlier and sorted(p.name for p in tmp_path.iterdir()) == [
+        "report.html", "runs"]  # no temporary file left either
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("runs/a/metrics.json", "it is inside the run directory {tmp}/runs/a, whose files must not "
+                            "be replaced (valid: a path outside every run directory, or a .html "
+                            "file directly in one)"),
+    ("runs/a/checkpoints/last.pt", "it is inside the run directory {tmp}/runs/a,"),
+    ("runs/a/samples/page.html", "it is inside the run directory {tmp}/runs/a,"),
+    ("link/metrics.json", "it is inside the run directory"),  # a link to the run
+    ("notes.html", "the existing file {tmp}/notes.html is not a report harness report wrote, "
+                   "so it is not overwritten (valid: another --out path, or delete the file "
+                   "first)"),
+    ("board.csv", "the existing file {tmp}/board.csv is not a report harness report wrote"),
+])
+def test_report_never_replaces_a_run_file_or_a_foreign_file(cli, tmp_path, monkeypatch, where,
+                                                            message):
+    run = make_run(tmp_path / "runs", "a")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (run / "samples").mkdir()
+    (tmp_path / "link").symlink_to(run)
+    (tmp_path / "notes.html").write_text("<!DOCTYPE html>\n<html><head><title>mine</title>")
+    (tmp_path / "board.csv").write_text("dataset,n_seeds\nring,1\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.setattr(report, "build", None)  # refused before the page is built
+    result = cli("report", tmp_path / "runs", "--out", tmp_path / where)
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert result.err.startswith(f"error: --out {tmp_path / where}: cannot write the report: ")
+    assert message.format(tmp=tmp_path) in result.err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_report_replaces_its_own_earlier_page(cli, tmp_path):
+    run = make_run(tmp_path / "runs", "a")
+    out = tmp_path / "report.html"
+    text = write_report(cli, tmp_path / "runs", out)
+    assert '<meta name="generator" content="gan-harness ' in text.partition("</head>")[0]
+    # a page written before the generator meta: recognised by its title
+    out.write_text(text.replace(report.GENERATOR, '<meta name="other" content="x'))
+    assert report.GENERATOR not in out.read_text()
+    assert write_report(cli, tmp_path / "runs", out).count(report.GENERATOR) == 1
+    result = cli("report", run)  # one run: its page beside its files, RUN/report.html
+    assert result.code == 0 and result.err.startswith(f"wrote {run}/report.html (1 run, ")
+    assert cli("report", run).code == 0  # and again
+
+
+@pytest.mark.filterwarnings("error::pandas.errors.PerformanceWarning")
+def test_a_wide_report_is_built_at_once_with_per_class_columns_in_numeric_order(cli, tmp_path):
+    per_class = {f"intra_fid_digits_30_c{c}": float(c) for c in range(120)}
+    metrics = dict(sorted({**METRICS, **per_class, **{f"kid_{c}": 1.0 for c in range(40)},
+                           **{f"kid_{c}_std": 0.5 for c in range(40)}}.items()))
+    for seed in range(2):
+        make_run(tmp_path / "runs", f"s{seed}", seed=seed, metrics=metrics)
+    text = write_report(cli, tmp_path / "runs", tmp_path / "report.html")
+    board, _, runs = text.partition('<h2 id="runs">')
+    for part in (board.partition("every column")[0], board.partition("every column")[2],
+                 runs.partition("s0</h3>")[2].partition("</section>")[0]):
+        columns = re.findall(r"<th>intra_fid_digits_30_c(\d+)(?:_mean)?</th>", part)
+        assert columns[:12] == [str(c) for c in range(12)], columns[:12]
+        assert len(columns) == 120

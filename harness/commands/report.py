@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
-
 
 def add_parser(commands: Any) -> None:
     from harness.cli import path_arg
@@ -36,24 +34,17 @@ def add_parser(commands: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from harness import report, results
+    from harness import report, signals
     from harness.cli import shipped_suites
     from harness.manager import get_plugin_manager
 
+    since = signals.stops_so_far()
     run_dirs = report.find_runs(args.results_dir)
     out = Path(args.out) if args.out is not None else args.results_dir / "report.html"
-    reason = f"{out} is a folder" if out.is_dir() else results.unwritable_reason(out.parent)
-    if reason:
-        raise HarnessError(f"--out {out}: cannot write the report: {reason} (valid: a file "
-                           "path in a writable folder)")
+    report.check_out(out)
     suites = shipped_suites(args.compare) if args.compare else None
     text = report.build(args.results_dir, run_dirs, suites, get_plugin_manager(), args.stat)
-    try:
-        results.atomic_write_bytes(out, text.encode())
-    except OSError as exc:
-        raise HarnessError(f"--out {out}: cannot write the report: "
-                           f"{exc.strerror or type(exc).__name__} (valid: a file path in a "
-                           "writable folder)") from None
-    print(f"wrote {out} ({len(run_dirs)} runs, {len(text.encode()) / 1e6:.1f} MB)",
-          file=sys.stderr)
+    report.write(out, text, since)
+    runs = f"{len(run_dirs)} run{'s' * (len(run_dirs) != 1)}"
+    print(f"wrote {out} ({runs}, {len(text.encode()) / 1e6:.1f} MB)", file=sys.stderr)
     return 0
