@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                        " e.g. liu2020-table1; 'all' for every suite)")
     board.add_argument("--stat", choices=["std", "sem"], default="std",
                        help="spread over seeds shown after ± (default: std)")
+    board.add_argument("--evaluation", choices=["original", "latest"], default="original",
+                       help="a run's values of its final checkpoint: those of its own "
+                       "evaluation (metrics.json; harness eval's add only new keys), or the "
+                       "latest harness eval's where it has the key (default: original)")
     board.add_argument("--markdown", type=path_arg, metavar="PATH",
                        help="also write the table (and the comparison) as Markdown")
     add_analysis_parsers(commands)
@@ -555,7 +559,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     for flag, path in (("--csv", args.csv), ("--markdown", args.markdown)):
         if path is not None:  # before any output
             leaderboard.check_export(flag, path)
-    frame, metrics = leaderboard.load_runs(paths)
+    frame, metrics = leaderboard.load_runs(paths, evaluation=args.evaluation)
     group_by = [c.strip() for c in args.group_by.split(",")] if args.group_by else None
     if args.compare and group_by and "dataset" not in group_by:
         raise HarnessError(f"--compare {args.compare} matches rows by dataset and method: "

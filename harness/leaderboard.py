@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -205,14 +205,18 @@ def _started(info: dict[str, Any]) -> float:
         return math.inf
 
 
-def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr) -> tuple[pd.DataFrame, list[str]]:
+def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr,
+              evaluation: Literal["original", "latest"] = "original",
+              ) -> tuple[pd.DataFrame, list[str]]:
     """Finished runs as a frame, one per composition and seed, and its metric column names.
 
     Each run left out is reported to ``warn`` in one line: an unusable one (with the reason),
     a duplicate (same composition and seed as an earlier-started run, which is the one kept);
     runs not finished (running, interrupted, failed) are summed up in one line by status.
     A ``metrics.json`` key that names a config column (``eval_samples``) is not a metric.
-    ``harness eval``'s results add columns (``evaluation_columns``).
+    ``harness eval``'s results add columns (``evaluation_columns``); ``evaluation``
+    ``"latest"`` lets the latest one's values of the final checkpoint replace the run's own
+    (``metrics.json``) for the keys both have, ``"original"`` keeps the run's own.
     """
     loaded: list[tuple[tuple[float, str, str], dict[str, Any], dict[str, Any]]] = []
     unfinished: Counter[str] = Counter()
@@ -227,7 +231,7 @@ def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr) -> tuple[pd.DataF
                 continue
             row, metrics = run_row(run_dir), read_metrics(run_dir)
             metrics.update({k: v for k, v in evaluation_columns(run_dir, info).items()
-                            if k not in metrics})
+                            if k not in metrics or evaluation == "latest"})
         except Unusable as exc:
             warn(f"{run_dir}: {exc}; skipped")
             continue

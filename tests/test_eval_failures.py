@@ -101,3 +101,21 @@ def test_a_best_metric_key_the_run_cannot_give_is_refused_before_training(
     result = cli(*DIGITS, *args, "--out", tmp_path)
     assert result.code == 2 and message in result.err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_leaderboard_shows_the_original_or_the_latest_evaluation(cli, finished):
+    import json
+
+    from harness.evaluation import read_evaluations
+    from harness.leaderboard import load_runs
+
+    assert cli("eval", finished, "--eval-samples", "120", "--threads", "1").code == 0
+    latest = [r for r in read_evaluations(finished) if r["eval_samples"] == 120][-1]
+    original = json.loads((finished / results.METRICS).read_text())
+    assert latest["metrics"]["rkl"] != original["rkl"]  # 120 samples, not 300
+    quiet = {"warn": lambda message: None}
+    assert load_runs([finished], **quiet)[0].iloc[0]["rkl"] == original["rkl"]
+    assert load_runs([finished], evaluation="latest", **quiet)[0].iloc[0]["rkl"] == \
+        latest["metrics"]["rkl"]
+    shown = cli("leaderboard", finished, "--evaluation", "latest")
+    assert shown.code == 0 and f"{latest['metrics']['rkl']:.4g}"[:5] in shown.out
