@@ -165,7 +165,8 @@ def best_metric_direction(run: Run) -> Literal["higher", "lower"] | None:
     if not cfg.eval_every:
         raise ConfigError(f"--best-metric {key}: the run evaluates only at its end, so the "
                           "last checkpoint would be the only candidate (valid: with "
-                          "--eval-every N, N > 0)")
+                          "--eval-every N, N > 0, given when the run starts: a resumed run "
+                          "keeps its evaluation schedule)")
     return direction
 
 
