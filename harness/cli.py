@@ -556,6 +556,10 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     paths = list(args.runs) or [args.results or Path("results")]
     if args.results and args.runs:
         paths.append(args.results)
+    if args.csv and args.markdown and os.path.realpath(args.csv) == os.path.realpath(
+            args.markdown):
+        raise HarnessError(f"--csv {args.csv} and --markdown {args.markdown} name the same "
+                           "file (valid: two different paths)")
     for flag, path in (("--csv", args.csv), ("--markdown", args.markdown)):
         if path is not None:  # before any output
             leaderboard.check_export(flag, path)

@@ -176,25 +176,31 @@ def natural_order(names: Iterable[str]) -> list[str]:
     return sorted(unique, key=key)
 
 
-def evaluation_columns(run_dir: Path, info: dict[str, Any]) -> dict[str, float]:
+def evaluation_columns(run_dir: Path, info: dict[str, Any]
+                       ) -> tuple[dict[str, float], int | None]:
     """Metric columns from the run's ``harness eval`` records (``evaluations/``), the newest
     record winning per column: one of the run's final checkpoint (the step ``run.json``
     records) gives its keys under their own names (``load_runs`` keeps ``metrics.json``'s
     value of a key both have: the original evaluation), one of ``--checkpoint best`` of the
     best checkpoint ``run.json`` records gives ``<key>@best``, any other checkpoint
-    ``<key>@step<N>``. Values that are not finite numbers are left out."""
+    ``<key>@step<N>``. Values that are not finite numbers are left out. Also returns the
+    sample count (``eval_samples``) of the newest record of the final checkpoint (None: no
+    such record)."""
     from harness.evaluation import read_evaluations
 
     best = info.get("best_checkpoint")
     best_step = best.get("step") if isinstance(best, dict) else None
     columns: dict[str, float] = {}
+    final_samples = None
     for record in read_evaluations(run_dir):
         step = record["step"]
         suffix = ("@best" if record.get("checkpoint") == "best" and step == best_step
                   else "" if step == info.get("step") else f"@step{step}")
         columns.update({f"{key}{suffix}": value for key, value in record["metrics"].items()
                         if _is_finite_number(value)})
-    return columns
+        if not suffix:
+            final_samples = record.get("eval_samples")
+    return columns, final_samples
 
 
 def _started(info: dict[str, Any]) -> float:
@@ -230,8 +236,13 @@ def load_runs(paths: Iterable[Path], warn: Warn = warn_stderr,
                 unfinished[status] += 1
                 continue
             row, metrics = run_row(run_dir), read_metrics(run_dir)
-            metrics.update({k: v for k, v in evaluation_columns(run_dir, info).items()
-                            if k not in metrics or evaluation == "latest"})
+            evaluated, samples = evaluation_columns(run_dir, info)
+            latest = evaluation == "latest" and samples is not None
+            if latest and samples != row.get("eval_samples"):
+                warn(f"{run_dir}: its latest evaluation used {samples} samples, the run "
+                     f"{row.get('eval_samples')} (eval_samples): keys without a sample count "
+                     "(modes, rkl, ...) are of the latest")
+            metrics.update({k: v for k, v in evaluated.items() if k not in metrics or latest})
         except Unusable as exc:
             warn(f"{run_dir}: {exc}; skipped")
             continue
@@ -401,27 +412,27 @@ def is_table_header(columns: list[str]) -> bool:
 
 
 def is_leaderboard_csv(path: Path) -> bool:
-    """Whether ``path`` is a ``.csv`` file ``--csv`` wrote: its header is a leaderboard's
-    (``is_table_header``), or it is blank (an empty leaderboard's)."""
+    """Whether ``path`` is a file ``--csv`` wrote (whatever its name): its header is a
+    leaderboard's (``is_table_header``), or it is blank (an empty leaderboard's)."""
     text = first_text(path)
     header = next(csv.reader([text.partition("\n")[0]]), [])
-    return path.suffix == ".csv" and (not text.strip() or is_table_header(header))
+    return not text.strip() or is_table_header(header)
 
 
 def is_leaderboard_markdown(path: Path) -> bool:
-    """Whether ``path`` is a ``.md`` file ``--markdown`` wrote: its first line is the header
-    of a leaderboard's table (``is_table_header``), or it is blank (an empty leaderboard's)."""
+    """Whether ``path`` is a file ``--markdown`` wrote (whatever its name): its first line is
+    the header of a leaderboard's table (``is_table_header``), or it is blank (an empty
+    leaderboard's)."""
     text = first_text(path)
     header = text.partition("\n")[0].strip()
     cells = [c.strip() for c in header.removeprefix("|").removesuffix("|").split("|")]
-    return path.suffix == ".md" and (not text.strip() or (
-        header.startswith("|") and is_table_header(cells)))
+    return not text.strip() or (header.startswith("|") and is_table_header(cells))
 
 
-EXPORTS = {"--csv": (is_leaderboard_csv, "a leaderboard CSV that --csv wrote (a .csv file "
-                                         "with a header of group keys, n_seeds, statistics)"),
-           "--markdown": (is_leaderboard_markdown, "a leaderboard that --markdown wrote (a .md "
-                                                   "file whose table's header has group keys, "
+EXPORTS = {"--csv": (is_leaderboard_csv, "a leaderboard CSV that --csv wrote (a header of "
+                                         "group keys, n_seeds, statistics)"),
+           "--markdown": (is_leaderboard_markdown, "a leaderboard that --markdown wrote (a "
+                                                   "table whose header has group keys, "
                                                    "n_seeds, statistics)")}
 """``harness leaderboard``'s export flags -> how to recognise its earlier file, and its name."""
 

@@ -113,9 +113,13 @@ def test_the_leaderboard_shows_the_original_or_the_latest_evaluation(cli, finish
     latest = [r for r in read_evaluations(finished) if r["eval_samples"] == 120][-1]
     original = json.loads((finished / results.METRICS).read_text())
     assert latest["metrics"]["rkl"] != original["rkl"]  # 120 samples, not 300
-    quiet = {"warn": lambda message: None}
-    assert load_runs([finished], **quiet)[0].iloc[0]["rkl"] == original["rkl"]
-    assert load_runs([finished], evaluation="latest", **quiet)[0].iloc[0]["rkl"] == \
-        latest["metrics"]["rkl"]
+    warned: list[str] = []
+    assert load_runs([finished], warn=warned.append)[0].iloc[0]["rkl"] == original["rkl"]
+    assert not warned
+    assert load_runs([finished], evaluation="latest", warn=warned.append)[0].iloc[0]["rkl"] \
+        == latest["metrics"]["rkl"]
+    assert warned == [f"{finished}: its latest evaluation used 120 samples, the run 300 "
+                      "(eval_samples): keys without a sample count (modes, rkl, ...) are of "
+                      "the latest"]
     shown = cli("leaderboard", finished, "--evaluation", "latest")
     assert shown.code == 0 and f"{latest['metrics']['rkl']:.4g}"[:5] in shown.out

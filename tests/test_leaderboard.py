@@ -278,6 +278,12 @@ def test_an_export_replaces_its_own_earlier_file(tmp_path, capsys):
         assert header.startswith("dataset,n_seeds,modes_mean" if group_by else "augment,")
         assert md.read_text().startswith("| augment" if not group_by else "| dataset")
     assert "wrote" in capsys.readouterr().err
+    for _ in range(2):  # names without .csv / .md are recognised by their contents too
+        assert _leaderboard(tmp_path / "runs", "--csv", tmp_path / "t2.txt", "--markdown",
+                            tmp_path / "t1.txt") == 0
+    assert _leaderboard(tmp_path / "runs", "--csv", board, "--markdown", board) == 2
+    assert "name the same file" in capsys.readouterr().err
+    assert board.read_text().startswith("augment,")
 
 
 def test_per_class_columns_sort_as_numbers(tmp_path, capsys):
