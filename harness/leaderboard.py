@@ -359,15 +359,6 @@ HEAD_BYTES = 65536
 """How much of an existing file ``check_output`` reads to tell whether the command wrote it."""
 
 
-def run_dir_above(path: Path) -> Path | None:
-    """The nearest folder above ``path`` that is a run directory (holds ``config.json`` and
-    ``run.json``), also where a symbolic link leads; None when there is none."""
-    for folder in (*Path(os.path.abspath(path)).parents, *Path(os.path.realpath(path)).parents):
-        if (folder / results.CONFIG).is_file() and (folder / results.RUN).is_file():
-            return folder
-    return None
-
-
 def first_text(path: Path) -> str:
     """The beginning of the file at ``path`` as text (undecodable bytes replaced); empty when
     it cannot be read."""
@@ -389,7 +380,7 @@ def check_output(flag: str, path: Path, what: str, ours: Callable[[Path], bool],
     if reason:
         raise HarnessError(f"{flag} {path}: cannot write {what}: {reason} (valid: a file path "
                            "in a writable folder)")
-    run_dir = run_dir_above(path)
+    run_dir = results.run_dir_above(path)
     if run_dir is not None and not (
             run_suffix and path.suffix == run_suffix
             and os.path.realpath(path.parent) == os.path.realpath(run_dir)):

@@ -313,18 +313,35 @@ def unwritable_reason(folder: Path) -> str | None:
     return None
 
 
-def check_output_dir(out: Path) -> None:
-    """Raise ``HarnessError`` unless run directories can be created under ``out``."""
+def run_dir_above(path: Path) -> Path | None:
+    """The nearest folder above ``path`` that is a run directory (holds ``config.json`` and
+    ``run.json``), also where a symbolic link leads; None when there is none."""
+    for folder in (*Path(os.path.abspath(path)).parents, *Path(os.path.realpath(path)).parents):
+        if (folder / CONFIG).is_file() and (folder / RUN).is_file():
+            return folder
+    return None
+
+
+def check_output_dir(out: Path, flag: str = "--out") -> None:
+    """Raise ``HarnessError`` unless run directories (or a command's other results) can be
+    created under ``out``: a folder, new or old, writable, and neither a run directory nor
+    inside one (whose files it could replace)."""
     out = Path(out)
     try:
         is_file = out.exists() and not out.is_dir()
     except OSError as exc:
-        raise HarnessError(f"--out {out}: {exc.strerror} (valid: a writable folder)") from None
+        raise HarnessError(f"{flag} {out}: {exc.strerror} (valid: a writable folder)") from None
     if is_file:
-        raise HarnessError(f"--out {out} is an existing file (valid: a folder, new or old)")
+        raise HarnessError(f"{flag} {out} is an existing file (valid: a folder, new or old)")
+    if out.is_symlink() and not out.exists():
+        raise HarnessError(f"{flag} {out} is a link to nothing (valid: a folder, new or old)")
+    run_dir = run_dir_above(out / "x")
+    if run_dir is not None:
+        raise HarnessError(f"{flag} {out}: inside the run directory {run_dir}, whose files "
+                           "must not be replaced (valid: a folder outside every run directory)")
     reason = unwritable_reason(out)
     if reason:
-        raise HarnessError(f"--out {out}: {reason} (valid: a writable folder)")
+        raise HarnessError(f"{flag} {out}: {reason} (valid: a writable folder)")
 
 
 def create_run_dir(out: Path, name: str) -> Path:

@@ -169,6 +169,14 @@ def sampler(run: Run, seed: int, batch_size: int = BLOCK, per_class: bool = Fals
 def check_out(out: Path, what: str = "harness sample") -> None:
     """``HarnessError`` (one line) unless ``out`` is a new or empty folder that can be made."""
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise HarnessError(f"{what} --out {out}: a link to nothing (valid: a new or empty "
+                           "folder)")
+    run_dir = results.run_dir_above(out / "x")
+    if run_dir is not None:
+        raise HarnessError(f"{what} --out {out}: inside the run directory {run_dir}, whose "
+                           "files must not be replaced (valid: a folder outside every run "
+                           "directory)")
     try:
         if out.exists() and not out.is_dir():
             raise HarnessError(f"{what} --out {out}: an existing file (valid: a new or empty "

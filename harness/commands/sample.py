@@ -84,6 +84,7 @@ def command_sample(args: argparse.Namespace) -> int:
                                args.batch_size, show_progress=not args.no_progress,
                                checkpoint=checkpoint.relative_to(directory))
     print(f"wrote {args.n} samples ({fmt}) of {directory} at step {manifest['checkpoint_step']} "
-          f"(seed {seed}, generator {manifest['generator']}) to {args.out}")
+          f"(seed {seed}, {'the EMA generator' if manifest['generator'] == 'ema' else 'G'}) to "
+          f"{args.out}")
     print(f"manifest: {args.out / sampling.MANIFEST}", file=sys.stderr)
     return 0
