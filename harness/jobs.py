@@ -147,6 +147,8 @@ def _train_together(job: Job, start: float) -> Outcome:
     try:
         results.check_output_dir(configs[0].out)
         paths, _ = seeds.train_group(configs, get_plugin_manager(), vectorise="yes")
+    except KeyboardInterrupt:  # before any run started (the group's runs being built)
+        members = tuple(_outcome_of_run(key, None) for key in job.run_keys())
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's outcome
         error = one_line(f"{type(exc).__name__}: {exc}")
         members = tuple(Outcome(key, "failed", None, error) for key in job.run_keys())

@@ -97,9 +97,15 @@ def train_group(
     if reason is None and len(configs) > 1:
         check_group_memory(first, len(configs))
         runs, states = [first], [rng_state(first.device)]
-        for config in configs[1:]:
-            runs.append(build_run(config, pm, notes=False))
-            states.append(rng_state(runs[-1].device))
+        try:
+            for config in configs[1:]:
+                runs.append(build_run(config, pm, notes=False))
+                states.append(rng_state(runs[-1].device))
+        except KeyboardInterrupt as exc:  # nothing written yet
+            print(f"\ninterrupted ({signal_of(exc) or 'SIGINT'}) while the runs were built",
+                  file=sys.stderr)
+            report_not_started(configs, directories)
+            return [], exit_code(signal_of(exc))
         return train_vectorised(runs, states, resumes, directories)
     if reason is not None:
         print(f"note: training the {len(configs)} seeds one after another: {reason}",

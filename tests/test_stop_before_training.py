@@ -99,10 +99,14 @@ def test_a_signal_while_the_next_seed_is_built_names_the_seeds_left(
     assert "not started: seeds 1-2" in stopped.err
 
 
-@pytest.mark.parametrize("together", [False, True])
+@pytest.mark.parametrize(("together", "where"), [(False, "start"), (True, "start"),
+                                                 (True, "build")])
 def test_a_suite_job_stopped_before_its_run_starts_leaves_no_directory(
-        tmp_path, monkeypatch, together):
-    monkeypatch.setattr(runner, "start", failing_on_call(runner.start, 1, "SIGTERM"))
+        tmp_path, monkeypatch, together, where):
+    if where == "start":
+        monkeypatch.setattr(runner, "start", failing_on_call(runner.start, 1, "SIGTERM"))
+    else:  # while the group's second run is built
+        monkeypatch.setattr(seeds, "build_run", failing_on_call(seeds.build_run, 2, "SIGTERM"))
     config = {"dataset": "ring", "cond": "none", "steps": 3, "eval_samples": 200,
               "batch_size": 20, "threads": 1, "progress": False, "out": str(tmp_path / "runs"),
               "seed": 0, "checkpoint_every": 3}
@@ -111,4 +115,13 @@ def test_a_suite_job_stopped_before_its_run_starts_leaves_no_directory(
     outcome = run_job(job)
     assert outcome.status == "interrupted"
     assert all(m.run_dir is None and m.status == "interrupted" for m in outcome.runs())
-    assert runs_dirs(tmp_path / "runs") == []
+    assert not (tmp_path / "runs").exists() or runs_dirs(tmp_path / "runs") == []
+
+
+def test_a_signal_while_a_groups_runs_are_built_names_every_seed(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(seeds, "build_run", failing_on_call(seeds.build_run, 2, "SIGINT"))
+    stopped = cli(*GROUP, "--out", tmp_path)
+    assert stopped.code == 130, stopped.err
+    assert not tmp_path.exists() or runs_dirs(tmp_path) == []
+    assert "interrupted (SIGINT) while the runs were built" in stopped.err
+    assert "not started: seeds 0-2" in stopped.err
