@@ -345,6 +345,17 @@ def check_eval_memory(config: RunConfig, dataset: Dataset) -> None:
         )
 
 
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """``warning: <message>`` on stderr, once per process: a group of 300 seeds builds its
+    metrics 300 times, and says why one is skipped once."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
 def build_metrics(
     config: RunConfig, pm: PluginManager, dataset: Dataset, resolved: dict[str, Any]
 ) -> dict[str, Metric]:
@@ -358,7 +369,7 @@ def build_metrics(
                 supported.append(name)
         except Exception as exc:  # a broken plugin stops only the runs that ask for it
             classes.pop(name, None)
-            broken[name] = (f"metric {name!r} from {entry.provider} is unusable: "
+            broken[name] = (f"metric {name!r} from {entry.provider}: "
                             f"{one_line(f'{type(exc).__name__}: {exc}')}")
     if config.metrics is None:
         names = [n for n in supported if classes[n].default]
@@ -367,7 +378,7 @@ def build_metrics(
     for name, reason in broken.items():
         if name in names:
             raise PluginError(reason)
-        print(f"warning: skipping {reason}", file=sys.stderr)
+        warn_once(f"skipping {reason}")
     unknown_options = set(config.metric_options) - set(names)
     if unknown_options:
         raise ConfigError(
@@ -390,7 +401,7 @@ def build_metrics(
         except MetricUnavailable as exc:
             if config.metrics is not None:
                 raise
-            print(f"warning: skipping metric {name!r}: {one_line(exc)}", file=sys.stderr)
+            warn_once(f"skipping metric {name!r}: {one_line(exc)}")
             continue
         metrics[name] = metric
         resolved.setdefault("metrics", {})[name] = metric.resolved()

@@ -45,6 +45,12 @@ def idle_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
 
 
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no warning given yet (``warn_once`` says each once per process)."""
+    monkeypatch.setattr("harness.build._warned", set())
+
+
 @pytest.fixture
 def pm() -> PluginManager:
     return get_plugin_manager()
