@@ -31,6 +31,13 @@ from harness.manager import PluginManager
 from harness.run import Run
 from harness.step import optimizer_factory
 
+_warned: set[str] = set()
+"""Warnings given so far: each once per process (a group of 300 seeds builds 300 runs)."""
+_pending_warnings: list[str] = []
+"""Warnings of the run being built, given once it is built (a refused run: only its error)."""
+_pending_notes: list[str] = []
+"""Notes of ``with_component_defaults`` that the next ``build_run(notes=True)`` prints."""
+
 
 def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> Options:
     """The component's ``Options`` from ``values``; errors name the component and valid keys.
@@ -79,6 +86,7 @@ def build_run(config: RunConfig, pm: PluginManager, *, notes: bool = True) -> Ru
     built only to check or restore it, or as one more seed of a group. Raises
     ``HarnessError`` on any bad input, before anything is written to disk.
     """
+    _pending_warnings.clear()  # of a build that was refused
     classes, options, resolved = {}, {}, {}
     for fld, family in COMPONENT_FIELDS.items():
         name = getattr(config, fld)
@@ -103,8 +111,11 @@ def build_run(config: RunConfig, pm: PluginManager, *, notes: bool = True) -> Ru
     check_eval_memory(config, run.dataset)
     best_metric_direction(run)
     run.conditioner.bind(run.models)
-    for note in training_notes(run) if notes else []:  # after every check: a refused run
-        print(f"note: {note}", file=sys.stderr)          # prints only its error
+    give_warnings()  # after every check: a refused run prints only its error
+    if notes:
+        for note in [*_pending_notes, *training_notes(run)]:
+            print(f"note: {note}", file=sys.stderr)
+        _pending_notes.clear()
     return run
 
 
@@ -345,15 +356,18 @@ def check_eval_memory(config: RunConfig, dataset: Dataset) -> None:
         )
 
 
-_warned: set[str] = set()
-
-
 def warn_once(message: str) -> None:
-    """``warning: <message>`` on stderr, once per process: a group of 300 seeds builds its
-    metrics 300 times, and says why one is skipped once."""
-    if message not in _warned:
-        _warned.add(message)
-        print(f"warning: {message}", file=sys.stderr)
+    """Keep ``warning: <message>`` for the end of the build (``give_warnings``)."""
+    _pending_warnings.append(message)
+
+
+def give_warnings() -> None:
+    """Print the build's pending warnings, each once per process."""
+    for message in _pending_warnings:
+        if message not in _warned:
+            _warned.add(message)
+            print(f"warning: {message}", file=sys.stderr)
+    _pending_warnings.clear()
 
 
 def build_metrics(
@@ -418,9 +432,12 @@ def with_component_defaults(
     values: dict[str, Any], pm: PluginManager, notes: bool = True
 ) -> dict[str, Any]:
     """``values`` plus the ``run_defaults`` of the chosen components for the settings that
-    ``values`` leave unset (a note on stderr for each, if ``notes``); unknown components are
-    left to the build's error."""
+    ``values`` leave unset; unknown components are left to the build's error. With
+    ``notes``, a note for each is kept for the next ``build_run(notes=True)`` to print once
+    the run is built (a refused run prints only its error)."""
     values = dict(values)
+    if notes:
+        _pending_notes.clear()
     for fld, family in COMPONENT_FIELDS.items():
         name = values.get(fld, RunConfig.model_fields[fld].default)
         if not isinstance(name, str):  # make_config names the bad value
@@ -434,6 +451,6 @@ def with_component_defaults(
                 values[key] = value
                 if notes:
                     flag = "--" + key.replace("_", "-")
-                    print(f"note: --{fld} {name} sets {key}={value!r} ({flag} to change)",
-                          file=sys.stderr)
+                    _pending_notes.append(f"--{fld} {name} sets {key}={value!r} ({flag} to "
+                                          "change)")
     return values

@@ -47,8 +47,10 @@ def idle_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no warning given yet (``warn_once`` says each once per process)."""
+    """Each test starts with no warning given yet (each is given once per process) and no
+    note of an earlier test's refused build pending."""
     monkeypatch.setattr("harness.build._warned", set())
+    monkeypatch.setattr("harness.build._pending_notes", [])
 
 
 @pytest.fixture

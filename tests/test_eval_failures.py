@@ -123,3 +123,13 @@ def test_the_leaderboard_shows_the_original_or_the_latest_evaluation(cli, finish
                       "the latest"]
     shown = cli("leaderboard", finished, "--evaluation", "latest")
     assert shown.code == 0 and f"{latest['metrics']['rkl']:.4g}"[:5] in shown.out
+
+
+def test_a_refused_run_prints_only_its_error(cli, tmp_path):
+    """No note (--backbone dcgan sets dataset='stacked_digits') and no warning (a metric
+    skipped for lack of weights) before the refusal."""
+    result = cli("run", "--backbone", "dcgan", "--steps", "20", "--eval-every", "10",
+                 "--eval-samples", "500", "--best-metric", "fid_digits_10k", "--out", tmp_path)
+    assert result.code == 2
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith("error: --best-metric fid_digits_10k: ")
