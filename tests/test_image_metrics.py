@@ -253,6 +253,10 @@ def test_a_damaged_cached_classifier_is_rebuilt(classifier: Path, capsys) -> Non
     assert f"cache file {classifier} is damaged" in capsys.readouterr().err
     model, accuracy = dc.load_classifier(classifier)  # retrained: the same recipe
     assert classifier.read_bytes() == good and accuracy > 0.9
+    torch.save({"a": 1}, classifier)  # whole, but no classifier
+    assert dc.classifier_path("digits") == classifier
+    assert f"cache file {classifier} holds no digit classifier" in capsys.readouterr().err
+    assert classifier.read_bytes() == good
 
 
 def test_reference_cache_name_covers_what_the_features_depend_on(

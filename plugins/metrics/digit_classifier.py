@@ -250,7 +250,13 @@ def classifier_path(source: Source = "auto", data_root: Path | None = None) -> P
     path = classifier_file(source, data_root)
     concrete = resolve_source(source, data_root)
     recipe = RECIPES[concrete]
-    drop_if_damaged(path)
+    if not drop_if_damaged(path) and path.is_file():
+        try:  # a whole file, but is it a classifier?
+            load_classifier(path)
+        except Exception as exc:  # noqa: BLE001 - whatever it holds, it is rebuilt
+            print(f"warning: cache file {path} holds no digit classifier "
+                  f"({type(exc).__name__}: {exc}); deleting it to rebuild it", file=sys.stderr)
+            path.unlink(missing_ok=True)
     if not path.is_file():
         if concrete == "mnist":
             assert data_root is not None
