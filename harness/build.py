@@ -41,8 +41,8 @@ _pending_notes: list[str] = []
 
 def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> Options:
     """The component's ``Options`` from ``values``; errors name the component and valid keys.
-    A list option given as text (``--metric-opt fid_digits.metrics=fid,kid``) is split at
-    its commas."""
+    A list or tuple option given as text (``--metric-opt fid_digits.metrics=fid,kid``,
+    ``--cond-opt betas=0.5,0.999``) is split at its commas."""
     fields = cls.Options.model_fields
     values = {key: [item.strip() for item in value.split(",")]
               if isinstance(value, str) and key in fields and takes_list(fields[key].annotation)
@@ -56,10 +56,10 @@ def validate_options(kind: str, name: str, cls: type, values: dict[str, Any]) ->
 
 
 def takes_list(annotation: Any) -> bool:
-    """Whether an option's type is a list (or a list or None)."""
-    if typing.get_origin(annotation) is list:
+    """Whether an option's type is a list or a tuple (or one of them or None)."""
+    if typing.get_origin(annotation) in (list, tuple):
         return True
-    return any(typing.get_origin(arg) is list for arg in typing.get_args(annotation))
+    return any(typing.get_origin(arg) in (list, tuple) for arg in typing.get_args(annotation))
 
 
 def owners_hint(pm: PluginManager, fld: str, family: str, values: set[str]) -> str:

@@ -535,7 +535,8 @@ def summary(doc: str | None) -> str:
 
 def _type_name(annotation: Any) -> str:
     """An option's type as the CLI reads it: ``int``, ``cnn|resnet18`` for a choice,
-    ``color|translation|cutout,...`` for a list (comma-separated), ``float|null``."""
+    ``color|translation|cutout,...`` for a list and ``float,float`` for a pair (comma-separated),
+    ``float|null``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return "|".join(map(str, args))
@@ -544,7 +545,7 @@ def _type_name(annotation: Any) -> str:
     if origin is list:
         return f"{_type_name(args[0]) if args else 'value'},..."
     if origin is tuple:
-        return f"tuple[{', '.join(_type_name(arg) for arg in args)}]"
+        return ",".join(_type_name(arg) for arg in args)
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))

@@ -578,3 +578,6 @@ def test_a_list_option_takes_comma_separated_text(pm, text, parsed):
     assert validate_options("metric", "fid_digits", cls, {"metrics": text}).metrics == parsed
     with pytest.raises(HarnessError, match=r"metrics.1='bogus': Input should be 'fid', 'kid'"):
         validate_options("metric", "fid_digits", cls, {"metrics": "fid,bogus"})
+    net = pm.get("conditioners", "clustering_net").load()  # a pair takes comma text too
+    assert validate_options("cond", "clustering_net", net, {"betas": "0.5, 0.999"}).betas == \
+        (0.5, 0.999)
