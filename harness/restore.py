@@ -112,6 +112,10 @@ def missing_checkpoint_reason(run_dir: Path) -> str:
     info = info if isinstance(info, dict) else {}
     status = info.get("status") or "unknown"
     step = info.get("checkpoint_step")
+    if (run_dir / results.GENERATOR).is_file() and not (run_dir / "checkpoints").is_dir():
+        return (f"run status {status}; only {results.GENERATOR} is here: harness sample reads "
+                "it, this needs the run's checkpoints/ folder (valid: the whole run "
+                "directory)")
     if step is not None or status == "finished":
         saved = f"checkpoint of step {step}" if step is not None else "checkpoints"
         return (f"run status {status}; run.json records a {saved} but its checkpoint files are "

@@ -223,7 +223,7 @@ def test_a_spread_of_an_evaluation_is_pooled_like_the_original_ones():
                                            "kid_1k_std@best": "kid_1k@best"}
 
 
-def test_load_generator_from_config_and_generator_pt_alone(trained, tmp_path):
+def test_load_generator_from_config_and_generator_pt_alone(trained, tmp_path, capsys):
     from harness import sampling
 
     copied = tmp_path / "copied"
@@ -235,9 +235,12 @@ def test_load_generator_from_config_and_generator_pt_alone(trained, tmp_path):
     x, y = sampling.sampler(alone, seed=0)(300)
     expected = sampling.sampler(full, seed=0)(300)
     assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
-    # a checkpoint other than the last needs the checkpoints
+    # a checkpoint other than the last needs the checkpoints, and so does harness eval
     with pytest.raises(HarnessError, match="--checkpoint best: no checkpoints/best.pt"):
         load_generator(copied, "best")
+    assert main(["eval", str(copied)]) == 2
+    assert f"only {results.GENERATOR} is here: harness sample reads it" in \
+        capsys.readouterr().err
     # generator.pt of another run is refused
     other = json.loads((copied / results.CONFIG).read_text())
     other["config"]["seed"] = 7

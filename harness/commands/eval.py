@@ -72,7 +72,7 @@ def command_eval(args: argparse.Namespace) -> int:
         return 1
     path = evaluation.write(directory, record)
     if record["run_status"] != "finished":
-        print(f"note: the run's status is {record['run_status']}: this evaluates its "
+        print(f"note: the run's status is {record['run_status'] or 'unknown'}: this evaluates its "
               f"checkpoint of step {record['step']}", file=sys.stderr)
     print(evaluation.format_record(record, directory))
     print(f"wrote {path}", file=sys.stderr)
