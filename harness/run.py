@@ -29,6 +29,10 @@ from harness.manager import PluginManager
 
 EVAL_BATCH = 10_000
 """Samples per forward pass of the evaluation generator."""
+EVAL_LATENT_SEED, EVAL_LABEL_SEED = 10_000, 10_001
+"""An evaluation draws z from the global RNG seeded with ``seed + EVAL_LATENT_SEED`` and the
+labels from the step's label generator seeded with ``seed + EVAL_LABEL_SEED``
+(``Trainer.evaluate``; ``harness sample`` draws alike)."""
 
 
 @dataclass

@@ -9,10 +9,10 @@ draw of ``n`` samples is exactly what ``harness eval --eval-samples n`` (and the
 evaluation) scores:
 
 - labels y: drawn from the conditioner's P(c) (``Conditioner.sample_labels``) with a
-  ``torch.Generator`` seeded with ``s + LABEL_SEED``, ``BLOCK`` at a time, or ``n / K`` of
+  ``torch.Generator`` seeded with ``s + EVAL_LABEL_SEED``, ``BLOCK`` at a time, or ``n / K`` of
   each of the K classes in class order (``per_class``);
 - latents z ~ p(z|y): ``BLOCK`` at a time from the global torch RNG (CPU, and the run's CUDA
-  device) seeded once with ``s + LATENT_SEED`` and continued from block to block (the
+  device) seeded once with ``s + EVAL_LATENT_SEED`` and continued from block to block (the
   caller's own global RNG state is back between blocks), so z does not depend on
   ``batch_size``;
 - images x = G(z, y) of the evaluation generator (the EMA copy when the run has one) in
@@ -52,7 +52,7 @@ from harness import __version__, results
 from harness.api import Conditioner, Sampler, to_uint8
 from harness.build import available_memory
 from harness.errors import HarnessError
-from harness.run import EVAL_BATCH
+from harness.run import EVAL_BATCH, EVAL_LABEL_SEED, EVAL_LATENT_SEED
 from harness.signals import on_stop_signals, raise_interrupt
 
 if TYPE_CHECKING:
@@ -61,9 +61,6 @@ if TYPE_CHECKING:
 Format = Literal["png", "npz"]
 BLOCK = EVAL_BATCH
 """Labels and latents are drawn this many at a time, as the evaluation draws them."""
-LATENT_SEED, LABEL_SEED = 10_000, 10_001
-"""Offsets from the seed of the global RNG (latents) and the label generator: the
-evaluation's (``Trainer.evaluate``)."""
 MANIFEST, LABELS_CSV, NPZ = "samples.json", "labels.csv", "samples.npz"
 PNG_CHANNELS = {1: "L", 3: "RGB"}
 """Channels -> the PIL mode a PNG of them is written in."""
@@ -74,7 +71,7 @@ STAGING = "partial"
 # ----------------------------------------------------------------------------- sampling
 def draw_labels(conditioner: Conditioner, n: int, seed: int, per_class: bool) -> torch.Tensor:
     """``n`` labels (n,) int64 on the CPU: y ~ P(c) from a generator seeded with ``seed +
-    LABEL_SEED``, ``BLOCK`` at a time (as the evaluation draws them), or with ``per_class``
+    EVAL_LABEL_SEED``, ``BLOCK`` at a time (as the evaluation draws them), or with ``per_class``
     n / K of each class 0..K-1, in class order. ``ValueError`` when ``per_class`` and K does
     not divide n."""
     if per_class:
@@ -82,7 +79,7 @@ def draw_labels(conditioner: Conditioner, n: int, seed: int, per_class: bool) ->
         if n % classes:
             raise ValueError(f"{n} samples cannot be split evenly into {classes} classes")
         return torch.arange(classes).repeat_interleave(n // classes)
-    generator = torch.Generator().manual_seed(seed + LABEL_SEED)
+    generator = torch.Generator().manual_seed(seed + EVAL_LABEL_SEED)
     blocks = [conditioner.sample_labels(len(block), generator).long()
               for block in torch.arange(n).split(BLOCK)]
     return torch.cat(blocks)
@@ -135,13 +132,13 @@ def generate(
     """Samples of the evaluation generator for ``labels`` (n,) int64, batch by batch: ``(x,
     y)`` with x float32 (b, *shape) on the CPU, contiguous (images in [-1, 1], unless G
     diverged) and y (b,) the batch's labels. Latents follow the module's protocol (the global
-    RNG seeded with ``seed + LATENT_SEED``, ``BLOCK`` at a time, the caller's RNG state
+    RNG seeded with ``seed + EVAL_LATENT_SEED``, ``BLOCK`` at a time, the caller's RNG state
     restored between blocks), so the consumer may draw random numbers between batches
     without changing the samples; ``generate(run, draw_labels(run.conditioner, n, seed,
     False), seed)`` gives the samples of the evaluation of a run of seed ``seed`` (of the
     run's own seed: what its metrics scored). G is in eval mode while the iteration runs and
     back in its own mode when it ends."""
-    stream = LatentStream(run.device, seed + LATENT_SEED)
+    stream = LatentStream(run.device, seed + EVAL_LATENT_SEED)
     with sampling_generator(run) as generator, torch.no_grad():
         for block in labels.split(BLOCK):
             on_device = block.to(run.device)
@@ -471,8 +468,8 @@ def describe(
         "batch_size": batch_size,
         "device": str(run.device),
         "protocol": f"harness.sampling, the evaluation's draw: labels from "
-                    f"torch.Generator(seed + {LABEL_SEED}) and z ~ p(z|y) from the global RNG "
-                    f"seeded once with seed + {LATENT_SEED}, {BLOCK} at a time; the "
+                    f"torch.Generator(seed + {EVAL_LABEL_SEED}) and z ~ p(z|y) from the global RNG "
+                    f"seeded once with seed + {EVAL_LATENT_SEED}, {BLOCK} at a time; the "
                     "evaluation generator in eval mode",
         "harness_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import results
 from harness.api import Metric
 from harness.errors import Diverged, MetricCrashed, MetricError, describe, one_line
-from harness.run import EVAL_BATCH, Run
+from harness.run import EVAL_BATCH, EVAL_LABEL_SEED, EVAL_LATENT_SEED, Run
 from harness.signals import on_stop_signals
 from harness.step import TrainingStep
 
@@ -330,8 +330,8 @@ class Trainer:
         label_rng = self.training_step.label_rng
         label_state = label_rng.get_state()
         values: dict[str, float] = {}
-        with run.seeded(run.config.seed + 10_000), self.timed("eval_s"):
-            label_rng.manual_seed(run.config.seed + 10_001)
+        with run.seeded(run.config.seed + EVAL_LATENT_SEED), self.timed("eval_s"):
+            label_rng.manual_seed(run.config.seed + EVAL_LABEL_SEED)
             for net in nets:
                 net.eval()
             try:
