@@ -78,13 +78,16 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def build_run(config: RunConfig, pm: PluginManager, *, notes: bool = True) -> Run:
+def build_run(config: RunConfig, pm: PluginManager, *, notes: bool = True,
+              warnings: bool = True) -> Run:
     """Resolve and validate every plugin and option, then build the components.
 
     ``notes``: print, once the run is built, notes on settings that train other than one
     might expect (e.g. a re-clustering schedule that never fires); off when the run is
-    built only to check or restore it, or as one more seed of a group. Raises
-    ``HarnessError`` on any bad input, before anything is written to disk.
+    built only to check or restore it, or as one more seed of a group. ``warnings``: print,
+    once it is built, why metrics were skipped (each warning once per process); off when
+    the run's metrics will not be computed. Raises ``HarnessError`` on any bad input, before
+    anything is written to disk.
     """
     _pending_warnings.clear()  # of a build that was refused
     classes, options, resolved = {}, {}, {}
@@ -111,7 +114,9 @@ def build_run(config: RunConfig, pm: PluginManager, *, notes: bool = True) -> Ru
     check_eval_memory(config, run.dataset)
     best_metric_direction(run)
     run.conditioner.bind(run.models)
-    give_warnings()  # after every check: a refused run prints only its error
+    if warnings:  # after every check: a refused run prints only its error
+        give_warnings()
+    _pending_warnings.clear()
     if notes:
         for note in [*_pending_notes, *training_notes(run)]:
             print(f"note: {note}", file=sys.stderr)
@@ -356,7 +361,7 @@ def check_eval_memory(config: RunConfig, dataset: Dataset) -> None:
         )
 
 
-def warn_once(message: str) -> None:
+def warn_after_build(message: str) -> None:
     """Keep ``warning: <message>`` for the end of the build (``give_warnings``)."""
     _pending_warnings.append(message)
 
@@ -367,7 +372,6 @@ def give_warnings() -> None:
         if message not in _warned:
             _warned.add(message)
             print(f"warning: {message}", file=sys.stderr)
-    _pending_warnings.clear()
 
 
 def build_metrics(
@@ -392,7 +396,7 @@ def build_metrics(
     for name, reason in broken.items():
         if name in names:
             raise PluginError(reason)
-        warn_once(f"skipping {reason}")
+        warn_after_build(f"skipping {reason}")
     unknown_options = set(config.metric_options) - set(names)
     if unknown_options:
         raise ConfigError(
@@ -415,7 +419,7 @@ def build_metrics(
         except MetricUnavailable as exc:
             if config.metrics is not None:
                 raise
-            warn_once(f"skipping metric {name!r}: {one_line(exc)}")
+            warn_after_build(f"skipping metric {name!r}: {one_line(exc)}")
             continue
         metrics[name] = metric
         resolved.setdefault("metrics", {})[name] = metric.resolved()

@@ -9,8 +9,6 @@ imports below change.
 from __future__ import annotations
 
 import contextlib
-import io
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,6 @@ from harness.trainer import Trainer
 
 __all__ = ["Run", "check_eval_memory", "generator_source", "load_generator", "load_run",
            "locked_run", "resolve_checkpoint", "saved_checkpoints"]
-
-METRIC_WARNING = "warning: skipping metric "
-"""How building a run's metrics starts a warning (``build_metrics``): not printed when a run
-is restored only to sample it."""
 
 
 def read_saved_config(run_dir: Path, what: str) -> dict[str, Any]:
@@ -136,19 +130,6 @@ def generator_source(run_dir: Path, checkpoint: str | int = "last", what: str = 
     return resolve_checkpoint(run_dir, checkpoint, what)
 
 
-@contextlib.contextmanager
-def without_metric_warnings() -> Iterator[None]:
-    """Drop the warnings of building a run's metrics (``METRIC_WARNING``, e.g. a metric
-    skipped for lack of weights) from stderr meanwhile; every other line is passed on."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buffer):
-            yield
-    finally:
-        sys.stderr.write("".join(line for line in buffer.getvalue().splitlines(keepends=True)
-                                 if not line.startswith(METRIC_WARNING)))
-
-
 def load_run(
     run_dir: Path, what: str = "harness", overrides: dict[str, Any] | None = None,
     checkpoint: str | int = "last", metrics: bool = True,
@@ -191,8 +172,7 @@ def rebuild(
     if not metrics:
         saved.update(metrics=None, metric_options={})
     config = make_config({**saved, **(overrides or {})})
-    with contextlib.nullcontext() if metrics else without_metric_warnings():
-        run = build_run(config, get_plugin_manager(), notes=False)
+    run = build_run(config, get_plugin_manager(), notes=False, warnings=metrics)
     run.directory = run_dir  # before identity(): it names the run
     return run, Trainer(run)
 
