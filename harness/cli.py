@@ -22,7 +22,7 @@ from harness import __version__
 from harness.commands import add_parsers
 from harness.errors import HarnessError, PluginError, one_line
 from harness.manager import get_plugin_manager
-from harness.signals import exit_code, on_stop_signals, raise_interrupt, signal_of
+from harness.signals import on_stop_signals, raise_interrupt, report_interrupt
 
 if TYPE_CHECKING:
     from harness.config import RunConfig
@@ -810,9 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a signal outside training, or a suite's third
-        name = signal_of(exc)
-        print(f"\ninterrupted ({name or 'SIGINT'})", file=sys.stderr)
-        return exit_code(name)
+        return report_interrupt(exc)
     except BrokenPipeError:  # the reader went away (`harness leaderboard | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0

@@ -26,7 +26,7 @@ from harness.errors import HarnessError, RunFailed, one_line
 from harness.manager import PluginManager
 from harness.replicas import blocker, rng_state
 from harness.run import Run, run_name
-from harness.signals import exit_code, signal_of
+from harness.signals import exit_code, report_interrupt, signal_of
 
 MAX_SEEDS = 1000
 VECTORISE = ("auto", "yes", "no")
@@ -102,10 +102,9 @@ def train_group(
                 runs.append(build_run(config, pm, notes=False))
                 states.append(rng_state(runs[-1].device))
         except KeyboardInterrupt as exc:  # nothing written yet
-            print(f"\ninterrupted ({signal_of(exc) or 'SIGINT'}) while the runs were built",
-                  file=sys.stderr)
+            code = report_interrupt(exc, " while the runs were built")
             report_not_started(configs, directories)
-            return [], exit_code(signal_of(exc))
+            return [], code
         return train_vectorised(runs, states, resumes, directories)
     if reason is not None:
         print(f"note: training the {len(configs)} seeds one after another: {reason}",
@@ -117,8 +116,7 @@ def train_group(
         try:
             run = first if i == 0 else build_run(config, pm, notes=False)
         except KeyboardInterrupt as exc:
-            print(f"\ninterrupted ({signal_of(exc) or 'SIGINT'})", file=sys.stderr)
-            codes.append(exit_code(signal_of(exc)))
+            codes.append(report_interrupt(exc))
         else:
             with locked_directory(run, directories[i] if directories else None):
                 assert run.directory is not None
@@ -227,8 +225,9 @@ def train_vectorised(
         except RunFailed as exc:
             where = ""
             if exc.__cause__ is not None:  # a plugin's bug (a hook, a metric): keep its trace
+                trace = traceback.format_exc()
                 for path in group_paths(runs):
-                    (path / results.TRACEBACK).write_text(traceback.format_exc())
+                    (path / results.TRACEBACK).write_text(trace)
                 where = f" (traceback in each run directory's {results.TRACEBACK})"
             print(f"error: {one_line(exc)}{where}", file=sys.stderr)
             return group_paths(runs), 1
@@ -236,10 +235,11 @@ def train_vectorised(
             raise
         except Exception as exc:  # a bug or an environment failure: one line, traceback kept
             stack.close()
-            for path in group_paths(runs):
-                (path / results.TRACEBACK).write_text(traceback.format_exc())
-            if not group_paths(runs):  # none had started: no directory to keep it in
-                traceback.print_exc()
+            paths, trace = group_paths(runs), traceback.format_exc()
+            for path in paths:
+                (path / results.TRACEBACK).write_text(trace)
+            if not paths:  # none had started: no directory to keep it in
+                print(trace, end="", file=sys.stderr)
             print(f"error: runs failed at step {runs[0].step}: "
                   f"{one_line(f'{type(exc).__name__}: {exc}')} (status failed; traceback in "
                   f"each run directory's {results.TRACEBACK})", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -64,3 +65,11 @@ def exit_code(signal_name: str | None) -> int:
     """The shell's exit code of a process stopped by ``signal_name``: 143 for SIGTERM, 130
     for SIGINT (Ctrl-C) and for a stop that names no signal."""
     return 128 + (signal.SIGTERM if signal_name == "SIGTERM" else signal.SIGINT)
+
+
+def report_interrupt(interrupt: KeyboardInterrupt, after: str = "") -> int:
+    """Say on stderr that ``interrupt`` stopped the command (``interrupted (SIGTERM)``, then
+    ``after``); returns its exit code (``exit_code``)."""
+    name = signal_of(interrupt)
+    print(f"\ninterrupted ({name or 'SIGINT'}){after}", file=sys.stderr)
+    return exit_code(name)
