@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from harness import __version__
 from harness.commands import add_parsers
 from harness.errors import HarnessError, PluginError, one_line
-from harness.manager import get_plugin_manager
+from harness.manager import get_plugin_manager, metric_option_owners
 from harness.signals import on_stop_signals, raise_interrupt, report_interrupt
 
 if TYPE_CHECKING:
@@ -230,10 +230,7 @@ def flag_values(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any
                 **values.get(f"{name}_options", {}), **parse_assignments(pairs, f"--{name}-opt")
             }
     metric_options = {m: dict(o) for m, o in values.get("metric_options", {}).items()}
-    def owners(option: str) -> list[str]:
-        return get_plugin_manager().option_owners("metrics", {option})
-
-    for metric, given in parse_metric_options(args.metric_opt, owners).items():
+    for metric, given in parse_metric_options(args.metric_opt, metric_option_owners).items():
         metric_options.setdefault(metric, {}).update(given)
     if metric_options:
         values["metric_options"] = metric_options

@@ -26,6 +26,7 @@ from typing import Any
 from harness import results
 from harness.config import parse_metric_options
 from harness.errors import HarnessError
+from harness.manager import metric_option_owners
 
 
 def overrides(
@@ -41,12 +42,7 @@ def overrides(
     if metrics is not None:
         values["metrics"] = metrics
         options = {m: o for m, o in options.items() if m in metrics}
-    from harness.manager import get_plugin_manager
-
-    def owners(option: str) -> list[str]:
-        return get_plugin_manager().option_owners("metrics", {option})
-
-    for metric, given in parse_metric_options(metric_opts, owners).items():
+    for metric, given in parse_metric_options(metric_opts, metric_option_owners).items():
         options.setdefault(metric, {}).update(given)
     values["metric_options"] = options
     if eval_samples is not None:

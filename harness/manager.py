@@ -369,3 +369,9 @@ def get_plugin_manager() -> PluginManager:
         _default = PluginManager()
         _default.load_entrypoints()
     return _default
+
+
+def metric_option_owners(option: str) -> list[str]:
+    """The metrics of the process-wide manager that have an option named ``option`` (the
+    hint of ``config.parse_metric_options`` for a ``--metric-opt`` without its metric)."""
+    return get_plugin_manager().option_owners("metrics", {option})
