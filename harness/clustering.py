@@ -305,9 +305,9 @@ def kmeans(
 
     ``x`` (n, d) float on any device. The restarts' seeding and first assignment run
     batched (``kmeans_plus_plus``, ``two_nearest``), then each restart's Lloyd iterations
-    (``lloyd``); restart i depends only on (``seed``, i), and the lowest inertia wins (the
-    first on ties). Works on centred data, as scikit-learn does, so float32 distances keep
-    their precision.
+    (``lloyd``); restart i depends only on (``seed``, i), and the lowest inertia wins; of
+    the restarts that found the winner's partition, the first (``first_of_best``). Works on
+    centred data, as scikit-learn does, so float32 distances keep their precision.
     """
     offset = x.mean(0)
     x = x - offset
@@ -317,13 +317,29 @@ def kmeans(
     else:
         seeds = kmeans_plus_plus(x, k, restart_generators(seed, n_init), x_sq)
         nearest = two_nearest(x, seeds, x_sq)
-        runs = (
+        best = first_of_best([
             lloyd(x, seeds[i], max_iter, x_sq=x_sq, nearest=tuple(t[i] for t in nearest))
             for i in range(n_init)
-        )
-        best = min(runs, key=lambda result: result.inertia)
+        ])
     best.centers = best.centers + offset
     return best
+
+
+def first_of_best(runs: list[KMeansResult]) -> KMeansResult:
+    """The first of ``runs`` whose partition is the lowest-inertia one's.
+
+    Restarts that find one partition (under their own cluster ids) differ in inertia only
+    by float rounding, so which of them is lowest depends on the CPU's kernels; the ids,
+    and with them a conditioner's labels, would differ between machines.
+    """
+    lowest = min(runs, key=lambda result: result.inertia)
+    return next(run for run in runs if same_partition(run.labels, lowest.labels))
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether labels ``a`` and ``b`` (n,) group the points alike, whatever their ids."""
+    pairs = torch.unique(a * (int(b.max()) + 1) + b).numel()
+    return pairs == torch.unique(a).numel() == torch.unique(b).numel()
 
 
 def cluster_means(

@@ -8,7 +8,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from harness import clustering
 from harness.clustering import (
+    KMeansResult,
     cluster_means,
+    first_of_best,
     kmeans,
     kmeans_plus_plus,
     lloyd,
@@ -188,3 +190,19 @@ def test_one_cluster_is_the_mean():
     result = kmeans(x, 1, n_init=2, seed=0)
     assert torch.allclose(result.centers[0], x.mean(0), atol=1e-5)
     assert result.labels.eq(0).all()
+
+
+def test_of_restarts_finding_one_partition_the_first_wins_whatever_the_rounding():
+    """Such restarts tie in inertia up to float rounding; which is lowest may differ on
+    another CPU, the labels must not."""
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    centers = torch.eye(3)
+
+    def found(ids: list[int], inertia: float) -> KMeansResult:
+        return KMeansResult(centers[ids], torch.tensor(ids)[labels], inertia, 1)
+
+    first, rounded_lower, worse = found([2, 0, 1], 5.0), found([0, 1, 2], 5.0 - 1e-6), \
+        KMeansResult(centers, torch.tensor([0, 1, 1, 1, 2, 2]), 4.0, 1)
+    assert first_of_best([first, rounded_lower]) is first
+    assert first_of_best([rounded_lower, first]) is rounded_lower
+    assert first_of_best([first, worse, rounded_lower]) is worse
