@@ -99,7 +99,8 @@ def test_intra_fid_is_torch_fidelity_per_class_and_sees_swapped_classes(tmp_path
         feature_extractor=name, feature_extractor_weights_path=weights, cuda=False,
         batch_size=options.batch_size, save_cpu_ram=True, verbose=False,
     )[torch_fidelity.KEY_METRIC_FID]
-    assert fid == own["intra_fid_digits_30_c3"]
+    # equal up to rounding: the cached real features were extracted in other batches
+    assert fid == pytest.approx(own["intra_fid_digits_30_c3"], rel=1e-6)
 
     # the whole-data FID cannot tell the two generators apart: the same digits overall
     plain = DigitsFidelity(DigitsFidelity.Options(samples=300, metrics=["fid"]))
