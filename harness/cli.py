@@ -401,7 +401,7 @@ def print_results(directories: list[Path]) -> None:
     frame, metrics = leaderboard.load_runs(finished)
     table = leaderboard.aggregate(frame, metrics)
     print(leaderboard.render(table, metrics))
-    print_published(table, metrics, shipped_suites("all"))
+    print_published(frame, metrics, shipped_suites("all"))
 
 
 def shipped_suites(name: str) -> list[Any]:
@@ -412,15 +412,17 @@ def shipped_suites(name: str) -> list[Any]:
     return list(everything.values()) if name == "all" else [suites.get_suite(name, everything)]
 
 
-def print_published(table: Any, metrics: list[str], chosen: list[Any]) -> Any:
-    """Print the published numbers of the ``chosen`` suites' rows that the leaderboard's
-    groups follow; return the comparison frame (None for an empty table)."""
+def print_published(frame: Any, metrics: list[str], chosen: list[Any],
+                    group_by: list[str] | None = None) -> Any:
+    """Print the published numbers of the ``chosen`` suites' rows that the runs' groups
+    follow; return the comparison frame (None when there are no runs)."""
     from harness import published
 
-    if table.empty:
+    if frame.empty:
         return None
-    comparison = published.compare(table, metrics, chosen,
-                                   published.directions(metrics, get_plugin_manager()))
+    comparison = published.compare(frame, metrics, chosen,
+                                   published.directions(metrics, get_plugin_manager()),
+                                   group_by)
     if not comparison.empty:
         print("\n" + published.render(comparison))
     elif len(chosen) == 1:
@@ -569,7 +571,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     chosen = shipped_suites(args.compare) if args.compare else None  # before any output
     table = leaderboard.aggregate(frame, metrics, group_by)
     print(leaderboard.render(table, metrics, args.stat))
-    comparison = print_published(table, metrics, chosen) if chosen else None
+    comparison = print_published(frame, metrics, chosen, group_by) if chosen else None
     if args.csv:
         write_output(args.csv, "--csv", table.to_csv(index=False))
     if args.markdown:

@@ -291,6 +291,18 @@ def within_run_spreads(metrics: list[str]) -> dict[str, str]:
     return spreads
 
 
+def group_keys(frame: pd.DataFrame, metrics: list[str], group_by: list[str] | None = None
+               ) -> list[str]:
+    """The columns ``aggregate`` groups ``frame`` by: ``group_by``, or every config column.
+    Raises HarnessError naming a ``group_by`` column the frame lacks."""
+    valid = [c for c in frame.columns if c not in metrics and c not in RUN_COLUMNS]
+    keys = list(dict.fromkeys(group_by)) if group_by else valid
+    missing = [k for k in keys if k not in valid]
+    if missing:
+        raise HarnessError(f"unknown --group-by column(s) {missing} (valid: {', '.join(valid)})")
+    return keys
+
+
 def aggregate(
     frame: pd.DataFrame, metrics: list[str], group_by: list[str] | None = None
 ) -> pd.DataFrame:
@@ -303,11 +315,7 @@ def aggregate(
     """
     if frame.empty:
         return frame
-    valid = [c for c in frame.columns if c not in metrics and c not in RUN_COLUMNS]
-    keys = list(dict.fromkeys(group_by)) if group_by else valid
-    missing = [k for k in keys if k not in valid]
-    if missing:
-        raise HarnessError(f"unknown --group-by column(s) {missing} (valid: {', '.join(valid)})")
+    keys = group_keys(frame, metrics, group_by)
     spreads = within_run_spreads(metrics)
     numeric = [m for m in metrics if pd.api.types.is_numeric_dtype(frame[m])]
     values = [m for m in numeric if m not in spreads]

@@ -3,8 +3,12 @@
 Each leaderboard group (a composition's runs over seeds) is matched to the suite rows whose
 method it follows (``harness.suites.matching_rows``); each published metric of that row is
 put beside the group's mean ± the statistic the paper reports (s.e. or std over seeds),
-with the difference, which way is better, the budget against the paper's, and a verdict
-when the measured mean lies outside the published mean ± spread.
+the 95 % bootstrap interval of that mean, the difference, which way is better, the budget
+against the paper's, and a verdict (``harness.statistics.verdict``: Welch's t-test against
+the published mean, spread and trials). No verdict, and the line says why, for a group
+trained for fewer steps than the paper (``n/a: 1.5k of 100k steps``), on a stand-in
+dataset, with settings that differ from the paper's protocol (``settings differ:
+dataset.std=0.3``), or with fewer than 3 seeds.
 """
 
 from __future__ import annotations
@@ -13,18 +17,24 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from harness.config import RunConfig
+from harness import statistics
+from harness.config import NON_SCIENTIFIC, RunConfig, make_config
 from harness.errors import HarnessError
-from harness.leaderboard import mean_std
+from harness.leaderboard import aggregate, group_keys, mean_std
 from harness.manager import PluginManager
-from harness.suites import Match, Suite, matching_rows, metric_for
+from harness.suites import Match, Suite, flatten, matching_rows, metric_for, same
 
 STATISTICS = {"sem": "s.e.", "std": "std"}
-COLUMNS = ["dataset", "method", "seeds", "budget", "metric", "better", "measured", "paper",
-           "difference", "verdict"]
+COLUMNS = ["dataset", "method", "seeds", "budget", "metric", "better", "measured", "ci95",
+           "paper", "difference", "p", "verdict"]
 """The printed comparison; the CSV has the numbers behind them (``*_mean``, ``*_spread``)."""
+
+NOT_PROTOCOL = NON_SCIENTIFIC | {"seed", "steps", "eval_every"}
+"""Config fields a run may change and still follow the paper's protocol: the budget
+(``steps``, shown beside every line), the seed, and what never changes results."""
 
 
 def steps_text(steps: float) -> str:
@@ -37,43 +47,89 @@ def paper_steps(suite: Suite, dataset: str, row: str) -> int:
     return int(values.get("steps", RunConfig.model_fields["steps"].default))
 
 
-def verdict(difference: float, spread: float, better: str | None) -> str:
-    """``""`` inside the published mean ± spread (no spread: equal), else ``better`` or
-    ``worse`` by the metric's direction (``outside`` when it has none)."""
-    if abs(difference) <= (0.0 if math.isnan(spread) else spread) * (1 + 1e-9):
-        return ""
-    if better is None:
-        return "outside"
-    return "better" if (difference > 0) == (better == "higher") else "worse"
+def paper_settings(suite: Suite, dataset: str, row: str) -> dict[str, Any]:
+    """The leaderboard columns of a run of the paper's protocol for a row: every config
+    field but ``NOT_PROTOCOL`` (the default where the suite names none; not those a
+    component decides, such as ``z_dim``) and the component options the suite names."""
+    values = suite.config_values("paper", dataset, row, 0)
+    config = make_config(values).model_dump(mode="json", exclude=NOT_PROTOCOL)
+    wanted = {k: v for k, v in config.items() if not k.endswith("_options") and v is not None}
+    wanted.update(flatten({k: v for k, v in values.items() if k.endswith("_options")}))
+    return wanted
 
 
-def compare(table: pd.DataFrame, metrics: list[str], suites: Iterable[Suite],
-            directions: dict[str, str | None],
+def differing_settings(wanted: dict[str, Any], runs: pd.DataFrame) -> list[str]:
+    """``column=value`` for each of ``wanted``'s settings some of ``runs`` do not share (a
+    setting the runs do not record is not counted)."""
+    found = []
+    for key, value in wanted.items():
+        if key not in runs:
+            continue
+        cells = [c for c in dict.fromkeys(runs[key].tolist()) if not _missing(c)]
+        other = [f"{c:g}" if isinstance(c, float) else str(c)
+                 for c in cells if not same(value, c)]
+        if other:
+            found.append(f"{key}={'/'.join(other)}")
+    return found
+
+
+def _missing(cell: Any) -> bool:
+    return cell is None or isinstance(cell, float) and math.isnan(cell)
+
+
+def no_verdict(suite: Suite, match: Match, runs: pd.DataFrame, steps: float,
+               paper: int) -> str:
+    """Why a group gets no verdict against a row: its budget, a stand-in dataset, settings
+    that differ from the paper's protocol; empty when nothing stands in the way."""
+    reasons = []
+    if not steps >= paper:
+        reasons.append(f"n/a: {steps_text(steps)} of {steps_text(paper)} steps")
+    if suite.paper_dataset(match.dataset) != match.dataset:
+        reasons.append(f"stand-in for {suite.paper_dataset(match.dataset)}")
+    differ = differing_settings(paper_settings(suite, match.dataset, match.row), runs)
+    if differ:
+        reasons.append("settings differ: " + ", ".join(differ))
+    return "; ".join(reasons)
+
+
+def compare(runs: pd.DataFrame, metrics: list[str], suites: Iterable[Suite],
+            directions: dict[str, str | None], group_by: list[str] | None = None,
             assign: Callable[[dict[str, Any]], Iterable[Match]] | None = None) -> pd.DataFrame:
-    """The comparison of an aggregated leaderboard ``table`` (``leaderboard.aggregate``)
-    with the published rows of ``suites``; empty when no group has published numbers.
+    """The comparison of finished ``runs`` (``leaderboard.load_runs``), grouped as
+    ``leaderboard.aggregate`` groups them, with the published rows of ``suites``; empty when
+    no group has published numbers.
 
     ``directions``: metric -> ``"higher"`` / ``"lower"`` / None (``Metric.direction``).
     ``assign``: a group's columns -> the suite rows it is measured for; default: the rows
-    whose method it follows (``matching_rows``). Lines follow the table's groups, then the
+    whose method it follows (``matching_rows``). Lines follow the groups, then the
     published metrics of each row.
     """
     suites = list(suites)
     assign = assign or (lambda columns: matching_rows(columns, suites))
+    if runs.empty:
+        return pd.DataFrame()
+    table = aggregate(runs, metrics, group_by)
+    keys = group_keys(runs, metrics, group_by)
+    members = [part for _, part in runs.groupby(keys, sort=True, dropna=False)]
     lines: list[dict[str, Any]] = []
-    for _, group in table.iterrows():
+    for (_, group), seeds in zip(table.iterrows(), members, strict=True):
         columns = group.to_dict()
         for match in assign(columns):
             suite, row = match.suite, match.suite.rows[match.row]
             stat, n = suite.statistic, int(columns["n_seeds"])
             steps, paper = columns.get("steps", math.nan), paper_steps(suite, match.dataset,
                                                                          match.row)
+            why_not = no_verdict(suite, match, seeds, steps, paper)
             for pattern, (mean, spread) in suite.published_row(match.dataset, match.row).items():
                 metric = metric_for(pattern, metrics)
+                values = seeds[metric].dropna().to_numpy(float) if metric else np.empty(0)
                 measured = columns.get(f"{metric}_mean", math.nan) if metric else math.nan
                 measured_spread = columns.get(f"{metric}_{stat}", math.nan) if metric else math.nan
                 better = directions.get(metric) if metric else None
-                difference = measured - mean
+                low, high = (statistics.confidence_interval(values) if len(values) > 1
+                             else (math.nan, math.nan))
+                verdict, p = (why_not, math.nan) if why_not or not len(values) else \
+                    statistics.verdict(values, mean, spread, stat, suite.trials, better)
                 lines.append({
                     "dataset": match.dataset, "paper_dataset": suite.paper_dataset(match.dataset),
                     "method": row.label, "row": match.row, "seeds": n,
@@ -81,11 +137,13 @@ def compare(table: pd.DataFrame, metrics: list[str], suites: Iterable[Suite],
                     "budget": f"{steps_text(steps)} of {steps_text(paper)} steps",
                     "metric": metric or pattern, "better": better or "",
                     "measured_mean": measured, "measured_spread": measured_spread,
+                    "ci95_low": low, "ci95_high": high,
                     "published_mean": mean, "published_spread": spread,
-                    "statistic": stat, "trials": suite.trials, "difference": difference,
+                    "statistic": stat, "trials": suite.trials, "difference": measured - mean,
                     "measured": mean_std(measured, measured_spread if n > 1 else math.nan),
-                    "paper": mean_std(mean, spread),
-                    "verdict": "" if math.isnan(measured) else verdict(difference, spread, better),
+                    "ci95": "" if math.isnan(low) else f"[{low:.4g}, {high:.4g}]",
+                    "paper": mean_std(mean, spread), "p_value": p,
+                    "p": "" if math.isnan(p) else f"{p:.2g}", "verdict": verdict,
                     "source": suite.paper, "suite": suite.name,
                 })
     return pd.DataFrame(lines)

@@ -465,7 +465,7 @@ def write_leaderboard(suite: Suite, jobs: list[Planned], finished: list[Path], o
     table = leaderboard.aggregate(frame, metrics)
     print(leaderboard.render(table, metrics, suite.statistic))
     comparison = published.compare(
-        table, metrics, [suite], published.directions(metrics, pm),
+        frame, metrics, [suite], published.directions(metrics, pm),
         assign=lambda columns: [Match(suite, columns["dataset"], columns["suite_row"])])
     if not comparison.empty:  # in the suite's order of datasets and rows
         datasets = list(dict.fromkeys([*suite.datasets, *comparison["dataset"]]))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats
 
-from harness import leaderboard, results
+from harness import leaderboard, published, results
 from harness.errors import ConfigError
 from harness.manager import get_plugin_manager
 from harness.suites import load_suites, matching_rows, registry_suites
@@ -294,9 +295,10 @@ def test_a_killed_suite_finishes_only_the_missing_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- leaderboard
-def hand_made_runs(cli, tmp_path: Path, modes: list[float]) -> Path:
+def hand_made_runs(cli, tmp_path: Path, modes: list[float], paper: bool = True) -> Path:
     """One real GAN run on the ring, copied once per value of ``modes`` as seeds 0.. with
-    that value written into metrics.json by hand."""
+    that value written into metrics.json by hand; with ``paper``, its config.json says it
+    followed Table 1's protocol (100k steps, 50k samples, 100k points)."""
     source = tmp_path / "source"
     assert cli("run", *FAST, "--cond", "none", "--out", source).code == 0
     (template,) = run_dirs(source)
@@ -306,6 +308,10 @@ def hand_made_runs(cli, tmp_path: Path, modes: list[float]) -> Path:
         shutil.copytree(template, target, ignore=shutil.ignore_patterns("checkpoints"))
         saved = results.read_json(target / results.CONFIG)
         saved["config"]["seed"] = seed
+        if paper:
+            saved["config"].update(steps=100_000, eval_samples=50_000)
+            saved["config"]["dataset_options"]["size"] = 100_000
+            saved["resolved"]["dataset"]["options"]["size"] = 100_000
         results.atomic_write_json(target / results.CONFIG, saved)
         metrics = {"modes": value, "hq_pct": 50.0, "rkl": 0.5, "kid_x_10k": 0.1 * (seed + 1),
                    "kid_x_10k_std": 0.3, "eval_samples": 2000}
@@ -319,13 +325,14 @@ def test_published_measured_and_difference_on_hand_made_runs(cli, tmp_path):
                  tmp_path / "board.csv", "--markdown", tmp_path / "board.md")
     assert result.code == 0, result.err
     line = next(row for row in result.out.splitlines() if " modes " in row and "GAN" in row)
-    # mean 6 ± s.e. 1/sqrt(3) = 0.58 (the paper's statistic), paper 6.3 ± 0.5, inside it
+    # mean 6 ± s.e. 1/sqrt(3) = 0.58 (the paper's statistic), paper 6.3 ± 0.5 over 10 trials:
+    # Welch's t-test cannot tell them apart
     assert "6 ± 0.58" in line and "6.3 ± 0.5" in line and "-0.3" in line
-    assert not line.rstrip().endswith(("worse", "better"))
+    assert line.rstrip().endswith("consistent") and "[5, 7]" in line
     hq = next(row for row in result.out.splitlines() if " hq_pct " in row and "GAN" in row)
     assert hq.rstrip().endswith("worse") and "-48.2" in hq
     rkl = next(row for row in result.out.splitlines() if " rkl " in row and "GAN" in row)
-    assert not rkl.rstrip().endswith(("worse", "better"))  # 0.5 lies within 0.45 ± 0.09
+    assert rkl.rstrip().endswith("consistent")  # 0.5 against 0.45 ± 0.09 (s.e.)
     board = pd.read_csv(tmp_path / "board.csv")
     assert board.loc[0, "modes_mean"] == 6 and board.loc[0, "modes_sem"] == pytest.approx(
         1 / math.sqrt(3))
@@ -335,6 +342,33 @@ def test_published_measured_and_difference_on_hand_made_runs(cli, tmp_path):
     assert board.loc[0, "kid_x_10k_std"] == pytest.approx(0.1)  # over seeds, of KID itself
     markdown = (tmp_path / "board.md").read_text()
     assert "| method " in markdown and "0.45 ± 0.09" in markdown
+
+
+def test_welch_p_values_against_the_published_statistics(cli, tmp_path):
+    out = hand_made_runs(cli, tmp_path, [5.0, 6.0, 7.0])
+    result = cli("leaderboard", out, "--compare", "liu2020-table1", "--csv", tmp_path / "b.csv")
+    assert result.code == 0, result.err
+    frame, metrics = leaderboard.load_runs([out])
+    comparison = published.compare(frame, metrics, [registry_suites()["liu2020-table1"]],
+                                   {"modes": "higher", "hq_pct": "higher", "rkl": "lower"})
+    modes = comparison[comparison["metric"] == "modes"].iloc[0]
+    # the paper's s.e. 0.5 over 10 trials is a std of 0.5 * sqrt(10)
+    expected = stats.ttest_ind_from_stats(6.0, 1.0, 3, 6.3, 0.5 * math.sqrt(10), 10,
+                                          equal_var=False).pvalue
+    assert modes["p_value"] == pytest.approx(expected) and modes["verdict"] == "consistent"
+    assert (modes["ci95_low"], modes["ci95_high"]) == (5.0, 7.0)
+
+
+def test_no_verdict_below_the_budget_with_other_settings_or_few_seeds(cli, tmp_path):
+    short = hand_made_runs(cli, tmp_path / "short", [5.0, 6.0, 7.0], paper=False)
+    result = cli("leaderboard", short, "--compare", "liu2020-table1")
+    line = next(row for row in result.out.splitlines() if " modes " in row and "GAN" in row)
+    assert line.rstrip().endswith("n/a: 30 of 100k steps; settings differ: eval_samples=2000, "
+                                  "dataset.size=2000")
+    two = hand_made_runs(cli, tmp_path / "two", [5.0, 6.0])
+    result = cli("leaderboard", two, "--compare", "liu2020-table1")
+    line = next(row for row in result.out.splitlines() if " modes " in row and "GAN" in row)
+    assert line.rstrip().endswith("too few seeds (2 of 3)")
 
 
 def test_the_quickstart_run_shows_the_papers_row_and_budget(cli, tmp_path):
