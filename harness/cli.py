@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "latest harness eval's where it has the key (default: original)")
     board.add_argument("--markdown", type=path_arg, metavar="PATH",
                        help="also write the table (and the comparison) as Markdown")
+    board.add_argument("--improvement-over", metavar="COLUMN=VALUE",
+                       help="the probability that each group improves on the group with "
+                       "COLUMN=VALUE and the same other settings, e.g. cond=none")
     add_analysis_parsers(commands)
     add_suite_parser(commands)
     add_parsers(commands)
@@ -570,7 +573,12 @@ def command_leaderboard(args: argparse.Namespace) -> int:
                            f"--group-by {args.group_by} must include dataset")
     chosen = shipped_suites(args.compare) if args.compare else None  # before any output
     table = leaderboard.aggregate(frame, metrics, group_by)
+    gains = (leaderboard.improvements(frame, metrics, published.directions(
+        metrics, get_plugin_manager()), args.improvement_over, group_by)
+        if args.improvement_over and not frame.empty else None)  # refused before any output
     print(leaderboard.render(table, metrics, args.stat))
+    if gains is not None:
+        print("\n" + leaderboard.render_improvements(gains))
     comparison = print_published(frame, metrics, chosen, group_by) if chosen else None
     if args.csv:
         write_output(args.csv, "--csv", table.to_csv(index=False))

@@ -331,6 +331,74 @@ def aggregate(
                      axis=1)
 
 
+def cell_text(cell: Any) -> str:
+    """A leaderboard cell as the command line writes it: ``50``, ``0.0001``, ``kmeans_d``."""
+    if isinstance(cell, float) and cell.is_integer():
+        return str(int(cell))
+    return "" if cell is None or isinstance(cell, float) and math.isnan(cell) else str(cell)
+
+
+def improvements(frame: pd.DataFrame, metrics: list[str], directions: dict[str, str | None],
+                 baseline: str, group_by: list[str] | None = None) -> pd.DataFrame:
+    """The probability that each group improves on its baseline, per metric with a
+    direction, with its 95 % bootstrap interval (``statistics.probability_of_improvement``).
+
+    ``baseline`` ``COLUMN=VALUE``: the groups whose grouping column COLUMN holds VALUE; each
+    other group is held against the baseline group that shares all its other grouping
+    columns (none: it is left out). Raises HarnessError for a malformed ``baseline``, a
+    column that is not a grouping column, or a value no group has.
+    """
+    from harness.statistics import probability_of_improvement
+
+    column, _, value = baseline.partition("=")
+    keys = group_keys(frame, metrics, group_by)
+    if not value or column not in keys:
+        raise HarnessError(f"--improvement-over {baseline!r}: give COLUMN=VALUE with a "
+                           f"grouping column (valid: {', '.join(keys)})")
+    groups = {key if isinstance(key, tuple) else (key,): part
+              for key, part in frame.groupby(keys, sort=True, dropna=False)}
+    at = keys.index(column)
+    found = sorted({cell_text(key[at]) for key in groups})
+    if value not in found:
+        raise HarnessError(f"--improvement-over {baseline!r}: no run has {column}={value} "
+                           f"(valid: {', '.join(found)})")
+
+    def others(key: tuple[Any, ...]) -> list[str]:
+        return [cell_text(cell) for i, cell in enumerate(key) if i != at]
+
+    bases = {tuple(others(key)): part for key, part in groups.items()
+             if cell_text(key[at]) == value}
+    varying = [k for k in keys if k != column and frame[k].nunique(dropna=False) > 1]
+    lines = []
+    for key, part in groups.items():
+        base = bases.get(tuple(others(key)))
+        if cell_text(key[at]) == value or base is None:
+            continue
+        for metric in metrics:
+            better = directions.get(metric)
+            x, y = part[metric].dropna(), base[metric].dropna() if metric in base else ()
+            if better is None or not len(x) or not len(y):
+                continue
+            p, low, high = probability_of_improvement(x.to_numpy(float), y.to_numpy(float),
+                                                      better)
+            lines.append({**{k: cell_text(key[keys.index(k)]) for k in varying},
+                          column: cell_text(key[at]), "over": value, "metric": metric,
+                          "better": better, "seeds": f"{len(x)} vs {len(y)}",
+                          "p_improvement": p, "ci95_low": low, "ci95_high": high})
+    return pd.DataFrame(lines)
+
+
+def render_improvements(table: pd.DataFrame) -> str:
+    """``improvements`` as text: ``P(X > Y)`` with its interval."""
+    if table.empty:
+        return "(no group has a baseline group with the same other settings)"
+    view = table.drop(columns=["p_improvement", "ci95_low", "ci95_high"])
+    view["P(improvement)"] = [f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in zip(
+        table["p_improvement"], table["ci95_low"], table["ci95_high"], strict=True)]
+    return ("probability that a seed of the group beats a seed of its baseline (ties half), "
+            "95% bootstrap interval\n" + view.to_string(index=False))
+
+
 def render(table: pd.DataFrame, metrics: list[str], stat: str = "std") -> str:
     """A readable text table: varying keys, ``mean ± <stat>`` per metric (std or sem)."""
     if table.empty:

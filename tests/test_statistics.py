@@ -2,11 +2,15 @@
 improvement, against scipy's own computations and cases with known answers."""
 
 import math
+import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
+from harness import leaderboard
+from harness.errors import HarnessError
 from harness.statistics import (
     confidence_interval,
     probability_of_improvement,
@@ -54,3 +58,35 @@ def test_probability_of_improvement():
     x, y = np.array([0.3, 0.9, 0.5, 0.7]), np.array([0.2, 0.6, 0.4])
     u = stats.mannwhitneyu(x, y).statistic
     assert probability_of_improvement(x, y, "higher")[0] == pytest.approx(u / 12)
+
+
+def seeds_frame() -> pd.DataFrame:
+    rows = [("ring", "none", [6, 7, 8], [0.4, 0.5, 0.3]), ("ring", "kmeans_d", [8, 8, 8],
+            [0.01, 0.02, 0.001]), ("grid", "none", [17, 18], [0.7, 0.6]),
+            ("grid", "kmeans_d", [25, 24], [0.01, 0.02]), ("ring", "random", [7, 8], [0.1, 0.2])]
+    return pd.DataFrame([
+        {"run_id": f"{d}-{c}-{i}", "seed": i, "status": "finished", "dataset": d, "cond": c,
+         "modes": float(m), "rkl": r}
+        for d, c, modes, rkls in rows for i, (m, r) in enumerate(zip(modes, rkls, strict=True))
+    ])
+
+
+def test_each_group_against_the_baseline_with_its_other_settings():
+    table = leaderboard.improvements(seeds_frame(), ["modes", "rkl"],
+                                     {"modes": "higher", "rkl": "lower"}, "cond=none")
+    got = {(r.dataset, r.cond, r.metric): r.p_improvement for r in table.itertuples()}
+    assert got[("ring", "kmeans_d", "rkl")] == 1.0 and got[("grid", "kmeans_d", "modes")] == 1.0
+    # ring: 8 against 6, 7, 8 (x3 seeds): 6 wins and 3 ties of 9 pairs
+    assert got[("ring", "kmeans_d", "modes")] == pytest.approx((6 + 1.5) / 9)
+    assert ("grid", "random", "modes") not in got and len(got) == 6  # grid has no random
+    assert set(table["over"]) == {"none"} and set(table["seeds"]) >= {"3 vs 3", "2 vs 2"}
+
+
+@pytest.mark.parametrize(("baseline", "message"), [
+    ("cond", "give COLUMN=VALUE with a grouping column (valid: dataset, cond)"),
+    ("colour=red", "give COLUMN=VALUE with a grouping column (valid: dataset, cond)"),
+    ("cond=gan", "no run has cond=gan (valid: kmeans_d, none, random)"),
+])
+def test_a_baseline_no_group_has_is_refused(baseline, message):
+    with pytest.raises(HarnessError, match=re.escape(message)):
+        leaderboard.improvements(seeds_frame(), ["modes", "rkl"], {"modes": "higher"}, baseline)
