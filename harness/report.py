@@ -457,7 +457,7 @@ def build(results_dir: Path, run_dirs: list[Path], suites: list[Suite] | None,
     if comparison is None:
         chosen = suites if suites is not None else list(registry_suites().values())
         comparison = (pd.DataFrame() if table.empty else published.compare(
-            table, metrics, chosen, published.directions(metrics, pm)))
+            board.frame, metrics, chosen, published.directions(metrics, pm)))
         source = "the published rows of " + ", ".join(s.name for s in chosen) + \
             " that the leaderboard's rows follow"
     anchors = {run_dir: f"run-{n}" for n, run_dir in enumerate(run_dirs, 1)}
