@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from harness.config import no_bool_numbers
@@ -369,6 +369,14 @@ class Augmentation(Component, StepTerms):
         """The augmented batch, (n, *shape) float, same device."""
 
 
+class PairedFakesOptions(Options):
+    """Options of a conditioner whose fakes may take the real batch's labels."""
+
+    fake_labels: Literal["real_batch", "prior"] = Field(
+        "real_batch", description="labels of the fakes scored beside a real batch: its own "
+        "labels (the official Self-Conditioned GAN code) or y ~ P(c) drawn afresh")
+
+
 class Conditioner(Component, StepTerms, ABC):
     """Gives the labels y: for real batches, and P(c) for fake ones.
 
@@ -421,6 +429,17 @@ class Conditioner(Component, StepTerms, ABC):
         if len(weights) == 1:
             return torch.zeros(n, dtype=torch.long)
         return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+    def fake_labels(self, real: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Labels of the n fakes scored beside a real batch whose condition is ``real`` (n,)
+        long or (n, num_classes) float: y ~ P(c) (``sample_labels``), or, with the option
+        ``fake_labels = "real_batch"`` (``PairedFakesOptions``) and hard labels, the real
+        batch's own (n,) labels, as Liu et al.'s official code does in D's step and G's
+        (stevliu/self-conditioned-gan, 2d_mix/train.py: G(z, y) with the real batch's y):
+        the same P(c) in expectation, with every class's reals and fakes in one batch."""
+        if getattr(self.options, "fake_labels", "prior") == "real_batch" and real.dim() == 1:
+            return real
+        return self.sample_labels(len(real), generator)
 
     def update(self, step: int, models: Models) -> float | None:
         """Refit when the schedule says so; return the fraction of changed labels, else None."""

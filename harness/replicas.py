@@ -255,22 +255,23 @@ class Replicas:
                 parts.append(replica.run.augmentation(x[i]))
         return torch.stack(parts)
 
-    def fake_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def fake_inputs(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Stacked z (N, n, z_dim) and network labels (N, n), and each replica's labels,
-        drawn as ``TrainingStep.fake_batch`` draws them."""
+        drawn as ``TrainingStep`` draws them beside its last real batch."""
         zs, net_labels, labels = [], [], []
         for replica in self.live:
-            run = replica.run
+            run, step = replica.run, replica.trainer.training_step
             with self.rng(replica):
-                y = run.conditioner.sample_labels(n, replica.trainer.training_step.label_rng)
+                y = run.conditioner.fake_labels(step.real_condition, step.label_rng)
                 y = y.to(run.device)
+                n = len(y)
                 zs.append(run.prior.sample(n, y))
             labels.append(y)
             net_labels.append(run.net_labels(y))
         return torch.stack(zs), torch.stack(net_labels), labels
 
     def update_d(self) -> list[dict[str, torch.Tensor]]:
-        live, batch = self.live, self.config.batch_size
+        live = self.live
         reals = [r.trainer.training_step.real_batch() for r in live]
         x = torch.stack([x for _, x in reals])
         logits, features = self.d(self.augmented(x))
@@ -278,10 +279,12 @@ class Replicas:
         for i, replica in enumerate(live):
             with self.rng(replica):
                 index, x_i = reals[i]
-                conditions.append(replica.run.net_labels(replica.run.conditioner.labels_for_real(
-                    index, features[i].detach(), x_i)))
+                condition = replica.run.conditioner.labels_for_real(
+                    index, features[i].detach(), x_i)
+                replica.trainer.training_step.real_condition = condition
+                conditions.append(replica.run.net_labels(condition))
         with torch.no_grad():
-            z, net_labels, _ = self.fake_inputs(batch)
+            z, net_labels, _ = self.fake_inputs()
             fake_x = self.g(z, net_labels)
         fake_logits, fake_features = self.d(self.augmented(fake_x))
         losses = []
@@ -295,7 +298,7 @@ class Replicas:
         return self.descend(self.opt_d, "d_loss", losses)
 
     def update_g(self) -> list[dict[str, torch.Tensor]]:
-        z, net_labels, _ = self.fake_inputs(self.config.batch_size)
+        z, net_labels, _ = self.fake_inputs()
         fake_x = self.g(z, net_labels)
         self.d.requires_grad_(False)  # G's step needs D's input gradients only
         try:

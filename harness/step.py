@@ -116,6 +116,8 @@ class TrainingStep:
         self.opt_d = make(list(run.discriminator.parameters()), cfg.lr_d, cfg.network_betas("d"))
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 4)
         self.label_rng = torch.Generator().manual_seed(cfg.seed + 5)
+        self.real_condition = torch.empty(0)
+        """The condition of D's last real batch: G's fakes are drawn beside it."""
         self.parts = [(f"{fld} {getattr(cfg, fld)!r}", part)
                       for fld, part in zip(("cond", "reg", "augment"), run.step_terms, strict=True)]
         self.real_grad = any(part.needs_real_grad for _, part in self.parts)
@@ -135,9 +137,11 @@ class TrainingStep:
         x.requires_grad_(self.real_grad)
         logits, features = run.discriminator(run.augmentation(x))
         condition = run.conditioner.labels_for_real(index, features.detach(), x.detach())
+        self.real_condition = condition
         real = Scored(x, run.net_labels(condition), logits, features, run.discriminator, index)
+        paired = run.conditioner.fake_labels(condition, self.label_rng)
         with torch.no_grad():
-            fake_x, fake_labels = self.fake_batch(run.config.batch_size)
+            fake_x, fake_labels = self.fake_batch(run.config.batch_size, labels=paired)
         fake = self.discriminate(fake_x, run.net_labels(fake_labels))
         terms = {"d_loss": run.loss.discriminator(real.score, fake.score)}
         for who, part in self.parts:
@@ -146,7 +150,8 @@ class TrainingStep:
 
     def update_g(self) -> dict[str, torch.Tensor]:
         run = self.run
-        x, labels = self.fake_batch(run.config.batch_size)
+        x, labels = self.fake_batch(run.config.batch_size, labels=run.conditioner.fake_labels(
+            self.real_condition, self.label_rng))  # beside D's last real batch
         # G's step needs D's input gradients only: skipping its weight gradients (which D's
         # next update would discard) changes no number
         with frozen(run.discriminator):
@@ -175,11 +180,14 @@ class TrainingStep:
         return index, run.dataset.batch(index).to(run.device, non_blocking=True)
 
     def fake_batch(
-        self, n: int, generator: Generator | None = None
+        self, n: int, generator: Generator | None = None, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` samples of ``generator`` (default: the trained G), y ~ P(c), z ~ p(z|y)."""
+        """``n`` samples of ``generator`` (default: the trained G) with ``labels`` (n,)
+        (default: y ~ P(c)), z ~ p(z|y)."""
         run = self.run
-        labels = run.conditioner.sample_labels(n, self.label_rng).to(run.device)
+        if labels is None:
+            labels = run.conditioner.sample_labels(n, self.label_rng)
+        labels = labels.to(run.device)
         z = run.prior.sample(n, labels)
         return (generator or run.generator)(z, run.net_labels(labels)), labels
 

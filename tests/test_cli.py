@@ -1,7 +1,6 @@
 """End-to-end `harness run` / `harness leaderboard`, determinism, resume and bad input."""
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path

@@ -299,3 +299,37 @@ def test_a_schedule_that_never_fires_is_noted(pm, capsys, every, noted):
                            "cond_options": {"recluster_every": every, "subset": 200}}), pm)
     note = "keeps the partition of step 0 (D untrained) throughout"
     assert (note in capsys.readouterr().err) is noted
+
+
+def test_fakes_take_the_real_batch_labels_as_the_official_code_does(grid):
+    """Liu et al.'s code scores G(z, y) with the y of the real batch beside it; ``prior``
+    draws them from P(c); soft conditions (slcGAN's) are never paired."""
+    rng = torch.Generator().manual_seed(0)
+    real = torch.tensor([3, 3, 7, 1])
+    paired = self_conditioned(grid)
+    paired.setup(models(grid, FeatureMap()))
+    assert torch.equal(paired.fake_labels(real, rng), real)
+    drawn = self_conditioned(grid, fake_labels="prior")
+    drawn.setup(models(grid, FeatureMap()))
+    expected = drawn.sample_labels(4, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn.fake_labels(real, rng), expected)
+    soft = torch.full((4, 25), 1 / 25)
+    assert paired.fake_labels(soft, rng).shape == (4,)
+
+
+def test_a_paired_runs_fakes_share_its_real_labels():
+    from harness.build import build_run
+    from harness.config import RunConfig
+    from harness.manager import get_plugin_manager
+    from harness.trainer import Trainer
+
+    run = build_run(RunConfig(cond="random", cond_options={"k": 5}, steps=1,
+                              dataset_options={"size": 500}), get_plugin_manager())
+    trainer = Trainer(run)
+    seen = []
+    original = trainer.training_step.fake_batch
+    trainer.training_step.fake_batch = lambda n, generator=None, labels=None: (
+        seen.append(labels), original(n, generator, labels))[1]
+    trainer.step()
+    real = trainer.training_step.real_condition
+    assert len(seen) == 2 and all(torch.equal(labels, real) for labels in seen)

@@ -49,7 +49,7 @@ def test_composition_reproduces_its_recorded_run(name, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("name", "change"), [
     ("ring-none", ["--lr-g", "1.1e-4"]),  # 10% off G's learning rate
-    ("ring-kmeans-recluster", ["--cond-opt", "init_from_previous=false"]),
+    ("ring-kmeans-recluster", ["--cond-opt", "fake_labels=prior"]),
     ("grid-gmm-learned-ema", ["--ema-decay", "0.95"]),
     ("digits-dcgan-kmeans", ["--lr-d", "1.1e-4"]),
 ])

@@ -16,12 +16,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from harness.api import BuildContext, Conditioner, Models, Options, Step
+from harness.api import BuildContext, Conditioner, Models, PairedFakesOptions, Step
 from harness.clustering import cluster_means, kmeans, matching_permutation, squared_distances
 from harness.errors import ConfigError
 
 
-class ClusterOptions(Options):
+class ClusterOptions(PairedFakesOptions):
     k: int = Field(50, ge=1, le=100_000, description="number of clusters")
     subset: int = Field(
         10_000, ge=1, le=10_000_000, description="real examples clustered (random subset)"

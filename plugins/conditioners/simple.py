@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.api import BuildContext, Conditioner, Options
+from harness.api import BuildContext, Conditioner, Options, PairedFakesOptions
 from harness.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ class Unconditional(Conditioner):
         return torch.ones(1)
 
 
-class RandomOptions(Options):
+class RandomOptions(PairedFakesOptions):
     k: int = Field(50, ge=1, le=1_000_000, description="number of random classes")
 
 
@@ -48,6 +48,8 @@ class RandomLabels(Conditioner):
 
 class GroundTruth(Conditioner):
     """The dataset's true labels (the class-conditional upper bound)."""
+
+    Options = PairedFakesOptions
 
     def __init__(self, options: Options, context: BuildContext) -> None:
         super().__init__(options, context)
