@@ -192,7 +192,11 @@ def consistency(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     ``log_p`` (n, K): C's log-probabilities on the images x, with gradients; ``log_q`` (n, K):
     on their augmented views x_t, the fixed target (detached here). KL(q || p) = CE(q, p) -
     H(q) differs from Eq. 5's cross-entropy by H(q), which does not depend on p, so the
-    gradients are equal; unlike the cross-entropy it is exactly 0 when the views agree.
+    gradients w.r.t. p are equal; unlike the cross-entropy it is exactly 0 when the views
+    agree. Line 28 read literally also differentiates through q, which adds the minimisation
+    of H(q): on digits (K = 10, 1500 steps) that drove C to 3 confident clusters within 250
+    steps, ACC 0.53 at the end against 0.73 with the detached target (one cluster within 100
+    steps for a C without BatchNorm).
     """
     log_q = log_q.detach()
     return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
