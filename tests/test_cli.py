@@ -93,7 +93,7 @@ def test_config_file_and_rerun_from_config_json(cli, tmp_path):
     assert cli("run", "--config", toml, "--no-progress", "--out", tmp_path / "a").code == 0
     first = only_run(tmp_path / "a")
     saved = json.loads((first / "config.json").read_text())
-    assert saved["resolved"]["cond"]["options"] == {"k": 3}
+    assert saved["resolved"]["cond"]["options"] == {"k": 3, "fake_labels": "real_batch"}
     assert saved["config"]["prior"] == "uniform"
     again = cli("run", "--config", first / "config.json", "--out", tmp_path / "b")
     assert again.code == 0

@@ -54,8 +54,9 @@ def conditional_run(tmp_path_factory) -> Path:
     """A class-conditional GAN with a Gaussian prior, trained until each class's latent
     Gaussian lands on its mode (ring modes of std 0.05, so that 300 steps suffice)."""
     return train(tmp_path_factory.mktemp("conditional"), "--prior", "gaussian", "--cond",
-                 "ground_truth", "--steps", "300", *FAST_LR, "--dataset-opt", "size=5000",
-                 "--dataset-opt", "std=0.05", "--eval-samples", "1000")
+                 "ground_truth", "--cond-opt", "fake_labels=prior", "--steps", "300", *FAST_LR,
+                 "--dataset-opt", "size=5000", "--dataset-opt", "std=0.05",
+                 "--eval-samples", "1000")
 
 
 @pytest.fixture(scope="module")
