@@ -345,14 +345,15 @@ def improvements(frame: pd.DataFrame, metrics: list[str], directions: dict[str, 
 
     ``baseline`` ``COLUMN=VALUE``: the groups whose grouping column COLUMN holds VALUE; each
     other group is held against the baseline group that shares all its other grouping
-    columns (none: it is left out). Raises HarnessError for a malformed ``baseline``, a
+    columns but COLUMN's own options (``cond.k`` for ``cond``: kmeans_d's differ from
+    none's) (none: it is left out). Raises HarnessError for a malformed ``baseline``, a
     column that is not a grouping column, or a value no group has.
     """
     from harness.statistics import probability_of_improvement
 
     column, _, value = baseline.partition("=")
     keys = group_keys(frame, metrics, group_by)
-    if not value or column not in keys:
+    if column not in keys:
         raise HarnessError(f"--improvement-over {baseline!r}: give COLUMN=VALUE with a "
                            f"grouping column (valid: {', '.join(keys)})")
     groups = {key if isinstance(key, tuple) else (key,): part
@@ -363,12 +364,15 @@ def improvements(frame: pd.DataFrame, metrics: list[str], directions: dict[str, 
         raise HarnessError(f"--improvement-over {baseline!r}: no run has {column}={value} "
                            f"(valid: {', '.join(found)})")
 
+    own = {i for i, k in enumerate(keys) if k == column or k.startswith(f"{column}.")}
+
     def others(key: tuple[Any, ...]) -> list[str]:
-        return [cell_text(cell) for i, cell in enumerate(key) if i != at]
+        return [cell_text(cell) for i, cell in enumerate(key) if i not in own]
 
     bases = {tuple(others(key)): part for key, part in groups.items()
              if cell_text(key[at]) == value}
-    varying = [k for k in keys if k != column and frame[k].nunique(dropna=False) > 1]
+    varying = [k for i, k in enumerate(keys)
+               if i not in own and frame[k].nunique(dropna=False) > 1]
     lines = []
     for key, part in groups.items():
         base = bases.get(tuple(others(key)))

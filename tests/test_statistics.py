@@ -66,7 +66,7 @@ def seeds_frame() -> pd.DataFrame:
             ("grid", "kmeans_d", [25, 24], [0.01, 0.02]), ("ring", "random", [7, 8], [0.1, 0.2])]
     return pd.DataFrame([
         {"run_id": f"{d}-{c}-{i}", "seed": i, "status": "finished", "dataset": d, "cond": c,
-         "modes": float(m), "rkl": r}
+         "cond.k": {"kmeans_d": 50, "random": 8}.get(c), "modes": float(m), "rkl": r}
         for d, c, modes, rkls in rows for i, (m, r) in enumerate(zip(modes, rkls, strict=True))
     ])
 
@@ -83,8 +83,8 @@ def test_each_group_against_the_baseline_with_its_other_settings():
 
 
 @pytest.mark.parametrize(("baseline", "message"), [
-    ("cond", "give COLUMN=VALUE with a grouping column (valid: dataset, cond)"),
-    ("colour=red", "give COLUMN=VALUE with a grouping column (valid: dataset, cond)"),
+    ("cond", "no run has cond= (valid: kmeans_d, none, random)"),
+    ("colour=red", "give COLUMN=VALUE with a grouping column (valid: dataset, cond, cond.k)"),
     ("cond=gan", "no run has cond=gan (valid: kmeans_d, none, random)"),
 ])
 def test_a_baseline_no_group_has_is_refused(baseline, message):
