@@ -380,7 +380,7 @@ def improvements(frame: pd.DataFrame, metrics: list[str], directions: dict[str, 
             continue
         for metric in metrics:
             better = directions.get(metric)
-            x, y = part[metric].dropna(), base[metric].dropna() if metric in base else ()
+            x, y = part[metric].dropna(), base[metric].dropna()
             if better is None or not len(x) or not len(y):
                 continue
             p, low, high = probability_of_improvement(x.to_numpy(float), y.to_numpy(float),

@@ -23,7 +23,7 @@ import pandas as pd
 from harness import statistics
 from harness.config import NON_SCIENTIFIC, RunConfig, make_config
 from harness.errors import HarnessError
-from harness.leaderboard import aggregate, group_keys, mean_std
+from harness.leaderboard import aggregate, cell_text, group_keys, mean_std
 from harness.manager import PluginManager
 from harness.suites import Match, Suite, flatten, matching_rows, metric_for, same
 
@@ -65,16 +65,11 @@ def differing_settings(wanted: dict[str, Any], runs: pd.DataFrame) -> list[str]:
     for key, value in wanted.items():
         if key not in runs:
             continue
-        cells = [c for c in dict.fromkeys(runs[key].tolist()) if not _missing(c)]
-        other = [f"{c:g}" if isinstance(c, float) else str(c)
-                 for c in cells if not same(value, c)]
+        other = [cell_text(c) for c in dict.fromkeys(runs[key].tolist())
+                 if cell_text(c) and not same(value, c)]
         if other:
             found.append(f"{key}={'/'.join(other)}")
     return found
-
-
-def _missing(cell: Any) -> bool:
-    return cell is None or isinstance(cell, float) and math.isnan(cell)
 
 
 def no_verdict(suite: Suite, match: Match, runs: pd.DataFrame, steps: float,
